@@ -1,0 +1,46 @@
+# echoverse: `make demo` shows the server and client at work, `make test` runs everything.
+# Both set up .venv from pyproject.toml first, so a fresh machine needs only Python >= 3.11.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Reinstall whenever pyproject.toml changes.
+STAMP := $(VENV)/.installed
+
+MODULES := protocol.py iostream.py loops.py cli.py echo_server.py echo_client.py
+
+.PHONY: help install demo test lint format clean
+
+help:
+	@echo "make demo    set up .venv, start a server, run a scripted client session, stop"
+	@echo "make test    set up .venv, lint, type-check and run the whole test suite"
+	@echo "make lint    ruff check, ruff format --check, mypy --strict"
+	@echo "make format  ruff format and ruff check --fix"
+	@echo "make clean   remove .venv and caches"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("echoverse needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python tools/demo.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(MODULES)
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,141 @@
+"""Command-line pieces shared by every echoverse script: flags, logging, signals, errors.
+
+The servers (``echo_server.py``, ``tornado_server.py``) and clients (``echo_client.py``,
+``tornado_client.py``) take the same ``--host``/``--port``/``--loop``/``--log-level``
+flags, print the same ready line and stop the same way, so users can swap one for the
+other in a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import loops
+from iostream import format_address
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "add_connection_arguments",
+    "add_logging_arguments",
+    "configure_logging",
+    "error_line",
+    "install_stop_signals",
+    "ready_line",
+]
+
+# The seed listens on 8888, on every interface; echoverse listens on loopback unless
+# told otherwise (uvicorn's convention), because an echo server is an open relay.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8888
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help that shows defaults and keeps the description's line breaks."""
+
+
+def port_number(text: str) -> int:
+    """argparse type for a TCP port: 0 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {port}")
+    return port
+
+
+def positive_float(text: str) -> float:
+    """argparse type for a duration in seconds, greater than zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text}")
+    return value
+
+
+def add_connection_arguments(
+    parser: argparse.ArgumentParser, *, loop_choices: tuple[str, ...] | None = None
+) -> None:
+    """``--host``, ``--port`` and ``--loop``, as every script spells them."""
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on or connect to")
+    parser.add_argument(
+        "--port", type=port_number, default=DEFAULT_PORT, help="TCP port (0: pick a free one)"
+    )
+    choices = loop_choices or (loops.AUTO, *loops.LOOP_NAMES)
+    parser.add_argument(
+        "--loop",
+        choices=choices,
+        default=choices[0],
+        help="event loop (auto: uvloop when installed, else asyncio)",
+    )
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``-v/--verbose``."""
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log level on stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log every chunk and its peer, as the seed prints them"
+    )
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr, one line per record; stdout stays for the ready line and replies."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def resolve_loop(parser: argparse.ArgumentParser, name: str) -> tuple[str, loops.LoopFactory]:
+    """The concrete loop name and its factory, or exit 2 with argparse's one-line error."""
+    try:
+        concrete = loops.resolve(name)
+        return concrete, loops.loop_factory(concrete)
+    except loops.LoopUnavailableError as error:
+        parser.error(str(error))
+
+
+def ready_line(address: object, loop_name: str) -> str:
+    """``echoverse listening on HOST:PORT (loop: NAME)``: what scripts and tests wait for."""
+    return f"echoverse listening on {format_address(address)} (loop: {loop_name})"
+
+
+def error_line(program: str, message: str) -> None:
+    """One line on stderr, ``program: message``: the only output of a failure."""
+    print(f"{program}: {message}", file=sys.stderr, flush=True)
+
+
+def install_stop_signals(stop: asyncio.Event) -> Callable[[], None]:
+    """SIGINT and SIGTERM set ``stop``; a second signal exits at once.
+
+    Returns a function that removes the handlers again.
+    """
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            # The user asked twice: do not wait for the graceful shutdown.
+            os._exit(128 + signum)
+        stop.set()
+
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    def remove() -> None:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+    return remove

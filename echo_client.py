@@ -1,0 +1,180 @@
+"""The echo/reverse client of the Tornado seed, on native asyncio, without its two bugs.
+
+Run it against a server::
+
+    python echo_client.py --port 8888                 # interactive, as the seed
+    python echo_client.py -m hello -m over            # scripted
+    printf 'hello\\nover\\n' | python echo_client.py   # one message per line
+
+For each message it prints two lines, the echo and the reversed text. Unlike the seed's
+client, it reads exactly the ``2 * len(message)`` bytes the message earns, so it neither
+hangs when both replies arrive in one segment nor falls out of step on messages over 20
+bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Iterable, Iterator
+
+import cli
+from iostream import IOStream, TCPClient, format_address
+from protocol import (
+    ProtocolError,
+    StreamClosedError,
+    describe_error,
+    Reply,
+    format_bytes,
+    reply_size,
+    split_reply,
+)
+
+__all__ = ["exchange", "main"]
+
+PROGRAM = "echoverse-client"
+PROMPT = "Enter your input: "
+
+# Exit status for Ctrl-C, as shells report a process ended by SIGINT.
+EXIT_INTERRUPTED = 130
+
+
+class ClientError(Exception):
+    """A failure to report as one line on stderr, exit status 1."""
+
+
+async def exchange(stream: IOStream, message: bytes, timeout: float | None) -> Reply:
+    """Send one message and read its whole double reply, taken apart into chunks.
+
+    Raises :class:`ClientError` when the server does not answer in time, closes early,
+    or answers with bytes that are not the message's double reply.
+    """
+    await stream.write(message)
+    expected = reply_size(message)
+    try:
+        async with asyncio.timeout(timeout):
+            reply = await stream.read_bytes(expected)
+    except TimeoutError:
+        raise ClientError(
+            f"no complete reply within {timeout:g} s "
+            f"({stream.buffered_size} of {expected} bytes arrived)"
+        ) from None
+    except StreamClosedError as error:
+        cause = f": {describe_error(error.real_error)}" if error.real_error else ""
+        raise ClientError(
+            f"server closed the connection before the whole reply arrived "
+            f"({stream.buffered_size} of {expected} bytes){cause}"
+        ) from None
+    try:
+        return split_reply(message, reply)
+    except ProtocolError as error:
+        raise ClientError(f"invalid reply from the server: {error}") from None
+
+
+async def close_stream(stream: IOStream, timeout: float | None) -> None:
+    """Close, giving queued bytes ``timeout`` seconds to leave before a reset."""
+    stream.close()
+    try:
+        async with asyncio.timeout(timeout):
+            await stream.wait_closed()
+    except TimeoutError:
+        stream.abort()
+
+
+def interactive_messages() -> Iterator[bytes]:
+    """Lines typed at the seed's prompt, until Ctrl-D."""
+    while True:
+        try:
+            line = input(PROMPT)
+        except EOFError:
+            print()
+            return
+        yield os.fsencode(line)
+
+
+def piped_messages(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """One message per input line, without its line ending; read lazily, line by line."""
+    for line in lines:
+        yield line.rstrip(b"\r\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description=(
+            "Send messages to an echo20 server and show each double reply as two lines:\n"
+            "the echo, then the reversed text. Messages come from -m, else from standard\n"
+            "input (a prompt when it is a terminal, one message per line otherwise)."
+        ),
+        formatter_class=cli.HelpFormatter,
+    )
+    cli.add_connection_arguments(parser)
+    parser.add_argument(
+        "--timeout",
+        type=cli.positive_float,
+        default=10.0,
+        help="seconds to wait for the connection and for each whole reply",
+    )
+    parser.add_argument(
+        "-m",
+        "--message",
+        action="append",
+        dest="messages",
+        metavar="TEXT",
+        help="a message to send (repeatable); 'over' asks the server to close",
+    )
+    return parser
+
+
+def run_session(args: argparse.Namespace, runner: asyncio.Runner, messages: Iterable[bytes]) -> None:
+    """Connect, then for each message send it and print its reply; stop after ``over``.
+
+    The event loop runs only while a message is in flight (``runner.run`` per step), so
+    reading the keyboard never blocks it, and Ctrl-C at the prompt is a plain
+    ``KeyboardInterrupt``.
+    """
+    where = format_address((args.host, args.port))
+    try:
+        stream = runner.run(TCPClient().connect(args.host, args.port, timeout=args.timeout))
+    except StreamClosedError as error:
+        detail = describe_error(error.real_error) if error.real_error else "connection closed"
+        raise ClientError(f"cannot connect to {where}: {detail}") from None
+    try:
+        for message in messages:
+            if not message:
+                continue
+            reply = runner.run(exchange(stream, message, args.timeout))
+            print(format_bytes(reply.echo))
+            print(format_bytes(reply.reversed), flush=True)
+            if reply.closes:
+                break
+    finally:
+        runner.run(close_stream(stream, args.timeout))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _, factory = cli.resolve_loop(parser, args.loop)
+    if args.messages is not None:
+        messages: Iterable[bytes] = (os.fsencode(text) for text in args.messages)
+    elif sys.stdin.isatty():
+        messages = interactive_messages()
+    else:
+        messages = piped_messages(sys.stdin.buffer)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            run_session(args, runner, messages)
+    except ClientError as error:
+        cli.error_line(PROGRAM, str(error))
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""The echo/reverse protocol ("echo20") with no I/O: bytes in, bytes and decisions out.
+
+Everything that knows the protocol lives here, and every shell drives it: the IOStream
+server in ``echo_server.py`` (one chunk at a time, as the Tornado seed reads), the fast
+``asyncio.BufferedProtocol`` server (a whole received batch at once), the client, and the
+benchmark's reply check. This module imports nothing that does I/O, so a test can prove
+that ``import protocol`` leaves ``asyncio`` out of ``sys.modules``.
+
+The protocol, from ``tcp_server.py`` in the seed article (see ``SPEC.md``):
+
+* the server consumes what it has received in chunks of at most :data:`CHUNK_SIZE` bytes,
+  exactly as Tornado's ``read_bytes(20, partial=True)`` hands them out: every batch of
+  waiting bytes is cut into 20, 20, ..., and a shorter rest;
+* for every chunk ``c`` it sends ``c`` and then ``c`` reversed byte by byte;
+* a chunk equal to :data:`CLOSE_CHUNK` closes the connection after both replies; bytes
+  after that chunk are discarded.
+
+Exceptions form one family, drawn here::
+
+    EchoverseError
+    ├── StreamClosedError        (also an OSError, as Tornado's is an IOError)
+    ├── UnsatisfiableReadError   (a read's max_bytes was exceeded)
+    ├── StreamBufferFullError    (a read needed more than max_buffer_size)
+    └── ProtocolError            (the peer's bytes are not a valid double reply)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = [
+    "CHUNK_SIZE",
+    "CLOSE_CHUNK",
+    "EchoSession",
+    "EchoverseError",
+    "ProtocolError",
+    "StreamBufferFullError",
+    "StreamClosedError",
+    "UnsatisfiableReadError",
+    "double_reply",
+    "format_bytes",
+    "is_close_chunk",
+    "iter_chunks",
+    "reply_size",
+    "split_reply",
+]
+
+# The seed reads with ``read_bytes(20, partial=True)``: 20 is the whole of the protocol's
+# framing, nothing else about it is configurable on the wire.
+CHUNK_SIZE = 20
+
+# ``if msg == 'over': stream.close()`` in the seed: only a chunk equal to these four bytes
+# closes, never a chunk that merely contains them.
+CLOSE_CHUNK = b"over"
+
+
+# --- exceptions ---------------------------------------------------------------------
+
+
+class EchoverseError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class StreamClosedError(EchoverseError, OSError):
+    """A read or write on a stream that is closed, whoever closed it.
+
+    Tornado's name and meaning: ``real_error`` holds what closed the stream (a
+    ``ConnectionResetError``, a ``BrokenPipeError``, an :class:`UnsatisfiableReadError`...),
+    or ``None`` when it ended cleanly (end of stream, or our own ``close()``).
+    """
+
+    def __init__(self, real_error: BaseException | None = None) -> None:
+        super().__init__("Stream is closed")
+        self.real_error = real_error
+
+    def __str__(self) -> str:
+        if self.real_error is None:
+            return "Stream is closed"
+        return f"Stream is closed ({describe_error(self.real_error)})"
+
+
+class UnsatisfiableReadError(EchoverseError):
+    """A ``read_until``/``read_until_regex`` cannot finish within its ``max_bytes``.
+
+    As in Tornado, callers never see this one raised: the stream is closed and the read
+    raises :class:`StreamClosedError` whose ``real_error`` is this exception.
+    """
+
+
+class StreamBufferFullError(EchoverseError):
+    """A read needed more buffered bytes than the stream's ``max_buffer_size`` allows."""
+
+
+class ProtocolError(EchoverseError):
+    """Bytes from the peer that the echo20 protocol cannot have produced."""
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a log or a terminal: ``ConnectionResetError: [Errno 104] ...``."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# --- the server side ----------------------------------------------------------------
+
+
+def iter_chunks(batch: bytes | bytearray | memoryview) -> Iterator[bytes]:
+    """Cut one batch of waiting bytes the way successive ``read_bytes(20, partial=True)`` do.
+
+    The chunks never span two batches: Tornado hands out what it has buffered, so a
+    25-byte batch is 20 + 5 even if 15 more bytes arrive a moment later.
+    """
+    view = memoryview(batch)
+    for start in range(0, len(view), CHUNK_SIZE):
+        yield bytes(view[start : start + CHUNK_SIZE])
+
+
+def is_close_chunk(chunk: bytes | bytearray) -> bool:
+    """True for the one chunk that ends the connection: exactly ``b"over"``."""
+    return chunk == CLOSE_CHUNK
+
+
+def double_reply(chunk: bytes) -> bytes:
+    """The server's answer to one chunk: the chunk, then the chunk reversed byte by byte."""
+    return chunk + chunk[::-1]
+
+
+class EchoSession:
+    """The server side of one connection, fed whole batches of received bytes.
+
+    Usage, in any I/O shell::
+
+        session = EchoSession()
+        session.receive_data(batch)          # every batch the transport delivers
+        transport.write(session.data_to_send())
+        if session.closing:
+            transport.close()                # after the replies already queued
+
+    A batch is cut into chunks exactly as :func:`iter_chunks` does, so the reply is the
+    one Tornado's server gives when that batch is what it has buffered. After the
+    ``over`` chunk the session is ``closing`` and ignores every later byte, in the same
+    batch or later ones, as the seed's server does by closing the stream.
+    """
+
+    __slots__ = ("_pending", "bytes_received", "bytes_sent", "closing", "eof_received")
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        # The ``over`` chunk has been answered: send what is pending, then close.
+        self.closing = False
+        self.eof_received = False
+
+    def receive_data(self, batch: bytes | bytearray | memoryview) -> list[bytes]:
+        """Take one batch of received bytes; returns the chunks it was cut into.
+
+        The returned chunks are the ones answered (for logging, as the seed prints
+        them); bytes after ``over`` are counted as received but not answered.
+        """
+        if self.closing or not batch:
+            return []
+        self.bytes_received += len(batch)
+        chunks: list[bytes] = []
+        pending = self._pending
+        for chunk in iter_chunks(batch):
+            chunks.append(chunk)
+            pending.append(chunk)
+            pending.append(chunk[::-1])
+            if chunk == CLOSE_CHUNK:
+                self.closing = True
+                break
+        return chunks
+
+    def receive_eof(self) -> None:
+        """The peer shut down its sending side: answer what was received, then close.
+
+        Tornado reads the end of stream only once its buffer is used up, so every byte
+        received before the end is answered first; this session has nothing buffered
+        that is not already answered, so it only records the fact.
+        """
+        self.eof_received = True
+
+    def data_to_send(self) -> bytes:
+        """The reply bytes produced since the last call (``b""`` when there are none)."""
+        if not self._pending:
+            return b""
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self.bytes_sent += len(data)
+        return data
+
+    @property
+    def done(self) -> bool:
+        """True when the connection should close once the pending replies are sent."""
+        return self.closing or self.eof_received
+
+
+# --- the client side ----------------------------------------------------------------
+
+
+def reply_size(message: bytes) -> int:
+    """How many reply bytes a message earns: every byte comes back twice."""
+    return 2 * len(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A double reply taken apart: the chunks as the server cut them."""
+
+    chunks: tuple[bytes, ...]
+
+    @property
+    def echo(self) -> bytes:
+        """The echo halves, joined: always equal to the message."""
+        return b"".join(self.chunks)
+
+    @property
+    def reversed(self) -> bytes:
+        """The reversed halves, joined in order: what the seed's client shows second."""
+        return b"".join(chunk[::-1] for chunk in self.chunks)
+
+    @property
+    def closes(self) -> bool:
+        """True when one chunk was ``over``: the server closes after this reply."""
+        return any(chunk == CLOSE_CHUNK for chunk in self.chunks)
+
+
+def split_reply(message: bytes, reply: bytes) -> Reply:
+    """Take a reply apart into the server's chunks, checking every byte of it.
+
+    The reply to ``message`` is ``c1, rev(c1), c2, rev(c2), ...`` where the ``c`` parts
+    join to ``message`` and each is 1 to 20 bytes long. The client does not know where
+    the server cut (that depends on how the bytes arrived), so this finds a cut that
+    explains the reply, preferring full 20-byte chunks as the server does. It raises
+    :class:`ProtocolError` when no cut explains the reply.
+    """
+    if len(reply) != reply_size(message):
+        raise ProtocolError(
+            f"reply is {len(reply)} bytes, expected {reply_size(message)} "
+            f"for a {len(message)}-byte message"
+        )
+    total = len(message)
+    chunks: list[bytes] = []
+    # Depth-first search over chunk lengths, longest first: the server cuts full
+    # 20-byte chunks except at the end of a batch, so the first guess almost always
+    # holds. Positions shown to lead nowhere are remembered, so the work stays linear.
+    dead_ends: set[int] = set()
+    stack: list[tuple[int, Iterator[int]]] = [(0, _fitting_lengths(message, reply, 0))]
+    while stack:
+        position, lengths = stack[-1]
+        if position == total:
+            return Reply(tuple(chunks))
+        length = next(lengths, 0)
+        if not length:
+            dead_ends.add(position)
+            stack.pop()
+            if chunks:
+                chunks.pop()
+            continue
+        following = position + length
+        if following in dead_ends:
+            continue
+        chunks.append(message[position:following])
+        stack.append((following, _fitting_lengths(message, reply, following)))
+    raise ProtocolError("reply is not the message's chunks each followed by its reversal")
+
+
+def _fitting_lengths(message: bytes, reply: bytes, position: int) -> Iterator[int]:
+    """Chunk lengths that explain the reply at ``position``, longest first."""
+    start = 2 * position
+    for length in range(min(CHUNK_SIZE, len(message) - position), 0, -1):
+        chunk = message[position : position + length]
+        if (
+            reply[start : start + length] == chunk
+            and reply[start + length : start + 2 * length] == chunk[::-1]
+        ):
+            yield length
+
+
+def format_bytes(data: bytes) -> str:
+    """Text for a terminal: UTF-8, with every byte that does not decode shown as ``\\xNN``."""
+    return data.decode("utf-8", errors="backslashreplace")
