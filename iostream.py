@@ -33,7 +33,7 @@ import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from protocol import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
 
@@ -483,6 +483,23 @@ def _check_max_bytes(delimiter: object, size: int, max_bytes: int | None) -> Non
         raise UnsatisfiableReadError(f"delimiter {delimiter!r} not found within {max_bytes} bytes")
 
 
+class Connection(Protocol):
+    """What :class:`TCPServer` needs of a connection to count it and shut it down.
+
+    An :class:`IOStream` is one; so is a fast-path protocol that answers without a
+    stream (``echo_server.EchoProtocol``), so both share one listener and one shutdown.
+    """
+
+    bytes_read: int
+    bytes_written: int
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
 class TCPServer:
     """Accepts connections and runs :meth:`handle_stream` for each, as Tornado's does.
 
@@ -510,8 +527,8 @@ class TCPServer:
     ) -> None:
         self.max_buffer_size = max_buffer_size
         self.read_chunk_size = read_chunk_size or DEFAULT_READ_CHUNK_SIZE
-        self._servers: list[asyncio.AbstractServer] = []
-        self._streams: set[IOStream] = set()
+        self._servers: list[asyncio.Server] = []
+        self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         # One receive buffer for every stream of this server (see IOStream.__init__).
         self._recv_buffer = bytearray(self.read_chunk_size)
@@ -523,7 +540,7 @@ class TCPServer:
         """Start accepting connections on ``address:port`` (port 0 picks a free port)."""
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            self._make_stream, host=address, port=port, backlog=backlog, reuse_address=True
+            self._make_protocol, host=address, port=port, backlog=backlog, reuse_address=True
         )
         self._servers.append(server)
 
@@ -532,7 +549,8 @@ class TCPServer:
         """The listening sockets (to learn the port chosen for port 0)."""
         return [sock for server in self._servers for sock in server.sockets]
 
-    def _make_stream(self) -> IOStream:
+    def _make_protocol(self) -> asyncio.BaseProtocol:
+        """A protocol for one new connection; a fast path overrides this."""
         return IOStream(
             max_buffer_size=self.max_buffer_size,
             read_chunk_size=self.read_chunk_size,
@@ -542,7 +560,7 @@ class TCPServer:
 
     def _start_handler(self, stream: IOStream) -> None:
         address = stream.get_extra_info("peername")
-        self._streams.add(stream)
+        self.track_connection(stream)
         task = asyncio.get_running_loop().create_task(self._run_handler(stream, address))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -557,10 +575,24 @@ class TCPServer:
             log.exception("error handling connection from %s", format_address(address))
         finally:
             stream.close()
-            self._streams.discard(stream)
+            self.forget_connection(stream)
+
+    def track_connection(self, connection: Connection) -> None:
+        """Count ``connection`` as open: :meth:`close` will shut it down."""
+        self._connections.add(connection)
+
+    def forget_connection(self, connection: Connection) -> None:
+        """``connection`` has ended: add it to the totals."""
+        if connection in self._connections:
+            self._connections.discard(connection)
             self.connections_served += 1
-            self.bytes_received += stream.bytes_read
-            self.bytes_sent += stream.bytes_written
+            self.bytes_received += connection.bytes_read
+            self.bytes_sent += connection.bytes_written
+
+    @property
+    def connections(self) -> int:
+        """How many connections are open."""
+        return len(self._connections)
 
     async def handle_stream(self, stream: IOStream, address: Any) -> None:
         """Serve one connection; override this. Returning closes the stream."""
@@ -580,15 +612,15 @@ class TCPServer:
         for every client to leave.
         """
         self.stop()
-        streams = list(self._streams)
-        for stream in streams:
-            stream.close()
-        pending = [asyncio.ensure_future(stream.wait_closed()) for stream in streams]
+        connections = list(self._connections)
+        for connection in connections:
+            connection.close()
+        pending = [asyncio.ensure_future(connection.wait_closed()) for connection in connections]
         pending.extend(self._tasks)
         if pending:
             _, still_open = await asyncio.wait(pending, timeout=timeout)
-            for stream in streams:
-                stream.abort()
+            for connection in connections:
+                connection.abort()
             for task in still_open:
                 task.cancel()
             if still_open:
