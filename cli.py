@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 
 import loops
 from iostream import format_address
@@ -83,9 +82,14 @@ def add_connection_arguments(
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     """``--log-level`` and ``-v/--verbose``."""
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log level on stderr")
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log every chunk and its peer, as the seed prints them"
+        "--log-level", choices=LOG_LEVELS, default="info", help="log level on stderr"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log every chunk and its peer, as the seed prints them",
     )
 
 
@@ -117,13 +121,13 @@ def error_line(program: str, message: str) -> None:
     print(f"{program}: {message}", file=sys.stderr, flush=True)
 
 
-def install_stop_signals(stop: asyncio.Event) -> Callable[[], None]:
+def install_stop_signals(stop: asyncio.Event) -> None:
     """SIGINT and SIGTERM set ``stop``; a second signal exits at once.
 
-    Returns a function that removes the handlers again.
+    The handlers go when the loop closes (rloop 0.5's ``remove_signal_handler`` is
+    broken, so nothing removes them earlier).
     """
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
@@ -131,11 +135,5 @@ def install_stop_signals(stop: asyncio.Event) -> Callable[[], None]:
             os._exit(128 + signum)
         stop.set()
 
-    for signum in signals:
+    for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-
-    def remove() -> None:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
-
-    return remove

@@ -38,6 +38,8 @@ __all__ = [
     "StreamBufferFullError",
     "StreamClosedError",
     "UnsatisfiableReadError",
+    "batch_closes",
+    "build_reply",
     "double_reply",
     "format_bytes",
     "is_close_chunk",
@@ -126,6 +128,27 @@ def double_reply(chunk: bytes) -> bytes:
     return chunk + chunk[::-1]
 
 
+def build_reply(batch: bytes) -> bytes:
+    """The whole reply to one batch: every chunk followed by its reversal, in one buffer."""
+    if len(batch) <= CHUNK_SIZE:
+        return batch + batch[::-1]
+    parts = []
+    for start in range(0, len(batch), CHUNK_SIZE):
+        chunk = batch[start : start + CHUNK_SIZE]
+        parts.append(chunk)
+        parts.append(chunk[::-1])
+    return b"".join(parts)
+
+
+def batch_closes(batch: bytes) -> bool:
+    """True when one chunk of this batch is ``over``.
+
+    Every chunk but the last of a batch is a full 20 bytes, so only the last can be the
+    4-byte close chunk, and nothing in the batch follows it.
+    """
+    return len(batch) % CHUNK_SIZE == len(CLOSE_CHUNK) and batch.endswith(CLOSE_CHUNK)
+
+
 class EchoSession:
     """The server side of one connection, fed whole batches of received bytes.
 
@@ -139,8 +162,8 @@ class EchoSession:
 
     A batch is cut into chunks exactly as :func:`iter_chunks` does, so the reply is the
     one Tornado's server gives when that batch is what it has buffered. After the
-    ``over`` chunk the session is ``closing`` and ignores every later byte, in the same
-    batch or later ones, as the seed's server does by closing the stream.
+    ``over`` chunk the session is ``closing`` and ignores every later byte, as the
+    seed's server does by closing the stream.
     """
 
     __slots__ = ("_pending", "bytes_received", "bytes_sent", "closing", "eof_received")
@@ -153,41 +176,31 @@ class EchoSession:
         self.closing = False
         self.eof_received = False
 
-    def receive_data(self, batch: bytes | bytearray | memoryview) -> list[bytes]:
-        """Take one batch of received bytes; returns the chunks it was cut into.
-
-        The returned chunks are the ones answered (for logging, as the seed prints
-        them); bytes after ``over`` are counted as received but not answered.
-        """
+    def receive_data(self, batch: bytes) -> None:
+        """Take one batch of received bytes and queue its reply."""
         if self.closing or not batch:
-            return []
+            return
         self.bytes_received += len(batch)
-        chunks: list[bytes] = []
-        pending = self._pending
-        for chunk in iter_chunks(batch):
-            chunks.append(chunk)
-            pending.append(chunk)
-            pending.append(chunk[::-1])
-            if chunk == CLOSE_CHUNK:
-                self.closing = True
-                break
-        return chunks
+        self._pending.append(build_reply(batch))
+        if batch_closes(batch):
+            self.closing = True
 
     def receive_eof(self) -> None:
         """The peer shut down its sending side: answer what was received, then close.
 
         Tornado reads the end of stream only once its buffer is used up, so every byte
-        received before the end is answered first; this session has nothing buffered
-        that is not already answered, so it only records the fact.
+        received before the end is answered first; a session answers each batch as it
+        arrives, so it only records the fact.
         """
         self.eof_received = True
 
     def data_to_send(self) -> bytes:
         """The reply bytes produced since the last call (``b""`` when there are none)."""
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             return b""
-        data = b"".join(self._pending)
-        self._pending.clear()
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
         self.bytes_sent += len(data)
         return data
 

@@ -22,7 +22,9 @@ LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 SINGLE_LOOP_DIRS = ("conformance",)
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, LoopFactory]:
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, LoopFactory]:
     path = Path(str(item.path))
     if any(part in SINGLE_LOOP_DIRS for part in path.parts):
         return {"asyncio": asyncio.new_event_loop}

@@ -60,7 +60,9 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"server did not exit within {TIMEOUT} s of signal {sig}")
+            raise AssertionError(
+                f"server did not exit within {TIMEOUT} s of signal {sig}"
+            ) from None
         finally:
             if self._stderr_reader is not None:
                 self._stderr_reader.join(TIMEOUT)
@@ -83,9 +85,14 @@ def start_server(argv: Sequence[str], *, cwd: Path = ROOT) -> ServerProcess:
     TIMEOUT seconds.
     """
     process = subprocess.Popen(
-        list(argv), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        list(argv),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
     stderr_chunks: list[bytes] = []
     stderr = process.stderr
 

@@ -21,9 +21,7 @@ STARTUP_TIMEOUT = 20.0
 def main() -> int:
     server_cmd = [sys.executable, "echo_server.py", "--port", "0", "--loop", "auto"]
     print(f"$ {shlex.join(server_cmd[1:])}", flush=True)
-    server = subprocess.Popen(
-        server_cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1
-    )
+    server = subprocess.Popen(server_cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1)
     try:
         assert server.stdout is not None
         ready = server.stdout.readline().strip()
