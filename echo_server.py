@@ -25,7 +25,7 @@ import sys
 from typing import Any, cast
 
 import cli
-from iostream import IOStream, TCPServer, format_address
+from iostream import IOStream, TCPServer, close_gracefully, format_address
 from protocol import (
     CHUNK_SIZE,
     EchoSession,
@@ -119,7 +119,7 @@ class EchoProtocol(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         if self._transport is not None:
-            self._transport.close()
+            close_gracefully(self._transport)
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -154,12 +154,13 @@ class EchoProtocol(asyncio.BufferedProtocol):
         assert self._transport is not None
         self._transport.write(session.data_to_send())
         if session.closing:
-            self._transport.close()
+            close_gracefully(self._transport)
 
     def eof_received(self) -> bool:
         self._session.receive_eof()
-        # Every batch is answered already: let asyncio close once the replies are out.
-        return False
+        # Every batch is answered already: close once the replies are out.
+        self.close()
+        return True
 
     def pause_writing(self) -> None:
         if self._transport is not None and not self._transport.is_closing():

@@ -37,7 +37,7 @@ from typing import Any, Protocol, cast
 
 from protocol import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
 
-__all__ = ["IOStream", "TCPClient", "TCPServer", "format_address"]
+__all__ = ["IOStream", "TCPClient", "TCPServer", "close_gracefully", "format_address"]
 
 log = logging.getLogger("echoverse.iostream")
 
@@ -61,6 +61,17 @@ _WAKE_ONLY_AT_END = sys.maxsize
 def _is_connection_reset(error: BaseException | None) -> bool:
     """Errors that mean "the peer went away", which Tornado treats as a normal close."""
     return isinstance(error, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
+
+
+def close_gracefully(transport: asyncio.Transport) -> None:
+    """Close after the queued bytes are sent, and send the end of stream (FIN) too.
+
+    ``close()`` alone does both on asyncio and uvloop; rloop 0.5 needs ``write_eof()``
+    first, or it sends neither what is queued nor the FIN. On the wire it is the same.
+    """
+    if not transport.is_closing() and transport.can_write_eof():
+        transport.write_eof()
+    transport.close()
 
 
 def format_address(address: Any) -> str:
@@ -416,7 +427,7 @@ class IOStream(asyncio.BufferedProtocol):
         transport = self._transport
         if transport is not None and not self._connection_lost:
             self._flush()
-            transport.close()
+            close_gracefully(transport)
         self._mark_closed()
 
     def abort(self) -> None:
@@ -490,8 +501,11 @@ class Connection(Protocol):
     stream (``echo_server.EchoProtocol``), so both share one listener and one shutdown.
     """
 
-    bytes_read: int
-    bytes_written: int
+    @property
+    def bytes_read(self) -> int: ...
+
+    @property
+    def bytes_written(self) -> int: ...
 
     def close(self) -> None: ...
 
