@@ -26,8 +26,10 @@ Exceptions form one family, drawn here::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "CHUNK_SIZE",
@@ -44,7 +46,11 @@ __all__ = [
     "format_bytes",
     "is_close_chunk",
     "iter_chunks",
+    "reply_by_loop",
+    "reply_by_numpy",
+    "reply_by_slices",
     "reply_size",
+    "reverse_each_chunk",
     "split_reply",
 ]
 
@@ -128,8 +134,17 @@ def double_reply(chunk: bytes) -> bytes:
     return chunk + chunk[::-1]
 
 
-def build_reply(batch: bytes) -> bytes:
-    """The whole reply to one batch: every chunk followed by its reversal, in one buffer."""
+# --- building replies -----------------------------------------------------------------
+#
+# The reply to a batch is its 20-byte chunks, each followed by its reversal. Three
+# builders make it, all byte-identical (a Hypothesis test checks them against
+# iter_chunks + double_reply): a per-chunk loop, fastest for small batches; strided
+# slice assignments, 40 of them whatever the size (pure Python); and NumPy, viewing
+# the full chunks as a k x 20 array (the ``speed`` extra). build_reply picks by size.
+
+
+def reply_by_loop(batch: bytes) -> bytes:
+    """One Python step per chunk: cheapest below a few hundred bytes."""
     if len(batch) <= CHUNK_SIZE:
         return batch + batch[::-1]
     parts = []
@@ -138,6 +153,99 @@ def build_reply(batch: bytes) -> bytes:
         parts.append(chunk)
         parts.append(chunk[::-1])
     return b"".join(parts)
+
+
+def reply_by_slices(batch: bytes) -> bytearray:
+    """40 strided slice assignments, each moving one byte column of every full chunk."""
+    full = len(batch) - len(batch) % CHUNK_SIZE
+    out = bytearray(2 * len(batch))
+    stride = 2 * CHUNK_SIZE
+    end = 2 * full
+    for column in range(CHUNK_SIZE):
+        out[column:end:stride] = batch[column:full:CHUNK_SIZE]
+        out[CHUNK_SIZE + column : end : stride] = batch[CHUNK_SIZE - 1 - column : full : CHUNK_SIZE]
+    _put_tail(out, batch, full)
+    return out
+
+
+def reply_by_numpy(batch: bytes) -> bytearray:
+    """The full chunks as a k x 20 array, its mirror image stacked beside it (NumPy)."""
+    numpy = _numpy()
+    if numpy is None:
+        raise RuntimeError("reply_by_numpy needs NumPy: pip install 'echoverse[speed]'")
+    full = len(batch) - len(batch) % CHUNK_SIZE
+    out = bytearray(2 * len(batch))
+    if full:
+        rows = full // CHUNK_SIZE
+        chunks = numpy.frombuffer(batch, dtype=numpy.uint8, count=full).reshape(rows, CHUNK_SIZE)
+        replies = numpy.frombuffer(out, dtype=numpy.uint8, count=2 * full).reshape(rows, -1)
+        replies[:, :CHUNK_SIZE] = chunks
+        replies[:, CHUNK_SIZE:] = chunks[:, ::-1]
+    _put_tail(out, batch, full)
+    return out
+
+
+def _put_tail(out: bytearray, batch: bytes, full: int) -> None:
+    """The last, shorter chunk of a batch and its reversal, after the full chunks."""
+    tail = batch[full:]
+    start = 2 * full
+    out[start : start + len(tail)] = tail
+    out[start + len(tail) :] = tail[::-1]
+
+
+@functools.cache
+def _numpy() -> Any:
+    """NumPy if installed, imported on first use so small clients start fast."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
+
+
+ReplyBuilder = Callable[[bytes], "bytes | bytearray"]
+
+
+@functools.cache
+def vectorised_builder() -> tuple[ReplyBuilder, int]:
+    """The builder for large batches and the batch size from which it beats the loop.
+
+    Crossovers measured on the project's 2-core machine (Python 3.11): NumPy beats the
+    per-chunk loop from about 400 bytes, strided slices from about 2 KiB.
+    """
+    if _numpy() is not None:
+        return reply_by_numpy, 400
+    return reply_by_slices, 2048
+
+
+# Below this many bytes the per-chunk loop beats every vectorised builder.
+SMALL_BATCH = 400
+
+
+def build_reply(batch: bytes) -> bytes | bytearray:
+    """The whole reply to one batch: every chunk followed by its reversal, in one buffer."""
+    if len(batch) < SMALL_BATCH:
+        return reply_by_loop(batch)
+    builder, threshold = vectorised_builder()
+    return builder(batch) if len(batch) >= threshold else reply_by_loop(batch)
+
+
+def reverse_each_chunk(data: bytes) -> bytes:
+    """Every 20-byte chunk of ``data`` reversed in place: the reply's second halves, joined."""
+    full = len(data) - len(data) % CHUNK_SIZE
+    numpy = _numpy() if len(data) >= SMALL_BATCH else None
+    if numpy is not None:
+        chunks = numpy.frombuffer(data, dtype=numpy.uint8, count=full).reshape(-1, CHUNK_SIZE)
+        return bytes(chunks[:, ::-1].tobytes()) + data[full:][::-1]
+    if len(data) < 2048:
+        return b"".join(
+            data[start : start + CHUNK_SIZE][::-1] for start in range(0, len(data), CHUNK_SIZE)
+        )
+    out = bytearray(len(data))
+    for column in range(CHUNK_SIZE):
+        out[column:full:CHUNK_SIZE] = data[CHUNK_SIZE - 1 - column : full : CHUNK_SIZE]
+    out[full:] = data[full:][::-1]
+    return bytes(out)
 
 
 def batch_closes(batch: bytes) -> bool:
@@ -169,7 +277,7 @@ class EchoSession:
     __slots__ = ("_pending", "bytes_received", "bytes_sent", "closing", "eof_received")
 
     def __init__(self) -> None:
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | bytearray] = []
         self.bytes_received = 0
         self.bytes_sent = 0
         # The ``over`` chunk has been answered: send what is pending, then close.
@@ -194,7 +302,7 @@ class EchoSession:
         """
         self.eof_received = True
 
-    def data_to_send(self) -> bytes:
+    def data_to_send(self) -> bytes | bytearray:
         """The reply bytes produced since the last call (``b""`` when there are none)."""
         pending = self._pending
         if not pending:
@@ -220,33 +328,44 @@ def reply_size(message: bytes) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A double reply taken apart: the chunks as the server cut them."""
+    """A double reply taken apart: the echo, the reversed text, and where the server cut."""
 
-    chunks: tuple[bytes, ...]
+    # The echo halves joined: always equal to the message.
+    echo: bytes
+    # The reversed halves joined in order: what the seed's client shows second.
+    reversed: bytes
+    chunk_sizes: tuple[int, ...]
 
     @property
-    def echo(self) -> bytes:
-        """The echo halves, joined: always equal to the message."""
-        return b"".join(self.chunks)
-
-    @property
-    def reversed(self) -> bytes:
-        """The reversed halves, joined in order: what the seed's client shows second."""
-        return b"".join(chunk[::-1] for chunk in self.chunks)
+    def chunks(self) -> list[bytes]:
+        """The chunks as the server cut them."""
+        chunks, start = [], 0
+        for size in self.chunk_sizes:
+            chunks.append(self.echo[start : start + size])
+            start += size
+        return chunks
 
     @property
     def closes(self) -> bool:
-        """True when one chunk was ``over``: the server closes after this reply."""
-        return any(chunk == CLOSE_CHUNK for chunk in self.chunks)
+        """True when the last chunk was ``over``: the server closes after this reply.
+
+        In a complete reply no other chunk can be: the server answers nothing after it.
+        """
+        return (
+            bool(self.chunk_sizes)
+            and self.chunk_sizes[-1] == len(CLOSE_CHUNK)
+            and (self.echo.endswith(CLOSE_CHUNK))
+        )
 
 
 def split_reply(message: bytes, reply: bytes) -> Reply:
     """Take a reply apart into the server's chunks, checking every byte of it.
 
     The reply to ``message`` is ``c1, rev(c1), c2, rev(c2), ...`` where the ``c`` parts
-    join to ``message`` and each is 1 to 20 bytes long. The client does not know where
-    the server cut (that depends on how the bytes arrived), so this finds a cut that
-    explains the reply, preferring full 20-byte chunks as the server does. It raises
+    join to ``message`` and each is 1 to 20 bytes long. Where the server cut depends on
+    how the bytes arrived; nearly always the message was one batch, and one comparison
+    with :func:`build_reply` settles it. Otherwise this finds a cut that explains the
+    reply, preferring full 20-byte chunks as the server does. It raises
     :class:`ProtocolError` when no cut explains the reply.
     """
     if len(reply) != reply_size(message):
@@ -254,28 +373,43 @@ def split_reply(message: bytes, reply: bytes) -> Reply:
             f"reply is {len(reply)} bytes, expected {reply_size(message)} "
             f"for a {len(message)}-byte message"
         )
+    if reply == build_reply(message):
+        full_chunks, rest = divmod(len(message), CHUNK_SIZE)
+        sizes = (CHUNK_SIZE,) * full_chunks + ((rest,) if rest else ())
+        return Reply(message, reverse_each_chunk(message), sizes)
+    sizes = _find_cut(message, reply)
+    reversed_parts, start = [], 0
+    for size in sizes:
+        reversed_parts.append(message[start : start + size][::-1])
+        start += size
+    return Reply(message, b"".join(reversed_parts), sizes)
+
+
+def _find_cut(message: bytes, reply: bytes) -> tuple[int, ...]:
+    """Chunk sizes that explain ``reply``: a depth-first search, longest chunks first.
+
+    Positions shown to lead nowhere are remembered, so the work stays linear in the
+    message length.
+    """
     total = len(message)
-    chunks: list[bytes] = []
-    # Depth-first search over chunk lengths, longest first: the server cuts full
-    # 20-byte chunks except at the end of a batch, so the first guess almost always
-    # holds. Positions shown to lead nowhere are remembered, so the work stays linear.
+    sizes: list[int] = []
     dead_ends: set[int] = set()
     stack: list[tuple[int, Iterator[int]]] = [(0, _fitting_lengths(message, reply, 0))]
     while stack:
         position, lengths = stack[-1]
         if position == total:
-            return Reply(tuple(chunks))
+            return tuple(sizes)
         length = next(lengths, 0)
         if not length:
             dead_ends.add(position)
             stack.pop()
-            if chunks:
-                chunks.pop()
+            if sizes:
+                sizes.pop()
             continue
         following = position + length
         if following in dead_ends:
             continue
-        chunks.append(message[position:following])
+        sizes.append(length)
         stack.append((following, _fitting_lengths(message, reply, following)))
     raise ProtocolError("reply is not the message's chunks each followed by its reversal")
 
