@@ -29,9 +29,12 @@ from iostream import IOStream, TCPServer, close_gracefully, format_address
 from protocol import (
     CHUNK_SIZE,
     EchoSession,
+    build_text_reply,
     double_reply,
     is_close_chunk,
     iter_chunks,
+    iter_text_chunks,
+    text_batch_closes,
 )
 
 __all__ = ["IMPLEMENTATIONS", "EchoProtocol", "EchoServer", "FastEchoServer", "main"]
@@ -51,11 +54,15 @@ class EchoServer(TCPServer):
         port = server.sockets[0].getsockname()[1]
     """
 
-    def __init__(self, *, verbose: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *, verbose: bool = False, text: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.verbose = verbose
+        self.text = text
 
     async def handle_stream(self, stream: IOStream, address: Any) -> None:
+        if self.text:
+            await self._handle_text_stream(stream, address)
+            return
         # The seed's loop. It writes the chunk and its reversal separately; here they go
         # as one write, which leaves in the same send as the seed's two would with
         # writes coalesced per loop turn. StreamClosedError ends the loop in TCPServer.
@@ -65,6 +72,20 @@ class EchoServer(TCPServer):
                 log.info("%r from %s", chunk, address)
             await stream.write(double_reply(chunk))
             if is_close_chunk(chunk):
+                stream.close()
+                return
+
+    async def _handle_text_stream(self, stream: IOStream, address: Any) -> None:
+        # A text-mode chunk must see past byte 20 to avoid cutting a character, so this
+        # takes all buffered bytes as one batch, as the fast path does, and lets the
+        # core cut it.
+        while True:
+            batch = await stream.read_bytes(stream.read_chunk_size, partial=True)
+            if self.verbose:
+                for chunk in iter_text_chunks(batch):
+                    log.info("%r from %s", chunk, address)
+            await stream.write(build_text_reply(batch))
+            if text_batch_closes(batch):
                 stream.close()
                 return
 
@@ -102,7 +123,7 @@ class EchoProtocol(asyncio.BufferedProtocol):
 
     def __init__(self, server: FastEchoServer) -> None:
         self._server = server
-        self._session = EchoSession()
+        self._session = EchoSession(text=server.text)
         self._transport: asyncio.Transport | None = None
         self._address: Any = None
         self._lost: asyncio.Future[None] | None = None
@@ -148,7 +169,7 @@ class EchoProtocol(asyncio.BufferedProtocol):
         session = self._session
         batch = bytes(self._server.recv_buffer[:nbytes])
         if self._server.verbose:
-            for chunk in iter_chunks(batch):
+            for chunk in iter_text_chunks(batch) if self._server.text else iter_chunks(batch):
                 log.info("%r from %s", chunk, self._address)
         session.receive_data(batch)
         assert self._transport is not None
@@ -196,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="streams",
         help="streams: the seed's loop on the IOStream port; protocol: the fast path",
     )
+    parser.add_argument(
+        "--text",
+        action="store_true",
+        help="text mode: never cut a UTF-8 character, reverse by character (not the seed's wire)",
+    )
     cli.add_logging_arguments(parser)
     parser.add_argument(
         "--shutdown-timeout",
@@ -208,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace, loop_name: str) -> int:
     """Listen, print the ready line, serve until SIGINT/SIGTERM, then shut down."""
-    server = IMPLEMENTATIONS[args.impl](verbose=args.verbose)
+    server = IMPLEMENTATIONS[args.impl](verbose=args.verbose, text=args.text)
     try:
         await server.listen(args.port, args.host)
     except OSError as error:

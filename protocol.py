@@ -42,16 +42,21 @@ __all__ = [
     "UnsatisfiableReadError",
     "batch_closes",
     "build_reply",
+    "build_text_reply",
     "double_reply",
     "format_bytes",
     "is_close_chunk",
     "iter_chunks",
+    "iter_text_chunks",
     "reply_by_loop",
     "reply_by_numpy",
     "reply_by_slices",
     "reply_size",
     "reverse_each_chunk",
+    "reverse_text",
     "split_reply",
+    "text_batch_closes",
+    "text_chunk_size",
 ]
 
 # The seed reads with ``read_bytes(20, partial=True)``: 20 is the whole of the protocol's
@@ -248,6 +253,75 @@ def reverse_each_chunk(data: bytes) -> bytes:
     return bytes(out)
 
 
+# --- text mode (--text) -------------------------------------------------------------
+#
+# The seed's author warns to "test with English strings": 20-byte chunks and byte-wise
+# reversal garble multi-byte UTF-8. Text mode cuts chunks of at most 20 bytes that never
+# end inside a character, and reverses each chunk by character (code point), so
+# "你好，世界" comes back readable. Bytes that are not valid UTF-8 keep the byte rule:
+# surrogateescape turns each into one code point of its own. Replies stay 2N bytes.
+
+
+def text_chunk_size(data: bytes) -> int:
+    """How many bytes of ``data`` the next text-mode chunk takes: 1 to 20.
+
+    The cut moves back (at most 3 bytes) to the start of a valid character that would
+    straddle byte 20; anything else cuts at 20, as the byte rule does.
+    """
+    end = CHUNK_SIZE
+    if len(data) <= end:
+        return len(data)
+    lead = end
+    while lead > end - 3 and data[lead] & 0xC0 == 0x80:  # continuation byte 10xxxxxx
+        lead -= 1
+    if lead == end:
+        return end
+    first = data[lead]
+    length = (
+        2
+        if first & 0xE0 == 0xC0
+        else 3
+        if first & 0xF0 == 0xE0
+        else 4
+        if first & 0xF8 == 0xF0
+        else 0
+    )
+    if lead + length > end:
+        try:
+            data[lead : lead + length].decode("utf-8")
+        except UnicodeDecodeError:
+            return end
+        return lead
+    return end
+
+
+def reverse_text(chunk: bytes) -> bytes:
+    """``chunk`` reversed character by character; undecodable bytes count as characters."""
+    return chunk.decode("utf-8", "surrogateescape")[::-1].encode("utf-8", "surrogateescape")
+
+
+def iter_text_chunks(batch: bytes) -> Iterator[bytes]:
+    """Cut one batch into text-mode chunks (see :func:`text_chunk_size`)."""
+    start = 0
+    while start < len(batch):
+        # A character that straddles byte 20 ends at most 3 bytes after it.
+        size = text_chunk_size(batch[start : start + CHUNK_SIZE + 3])
+        yield batch[start : start + size]
+        start += size
+
+
+def build_text_reply(batch: bytes) -> bytes | bytearray:
+    """The text-mode reply to one batch: each chunk, then its character reversal."""
+    if batch.isascii():
+        # One byte per character: the byte rule gives the same bytes, and faster.
+        return build_reply(batch)
+    parts = []
+    for chunk in iter_text_chunks(batch):
+        parts.append(chunk)
+        parts.append(reverse_text(chunk))
+    return b"".join(parts)
+
+
 def batch_closes(batch: bytes) -> bool:
     """True when one chunk of this batch is ``over``.
 
@@ -257,8 +331,21 @@ def batch_closes(batch: bytes) -> bool:
     return len(batch) % CHUNK_SIZE == len(CLOSE_CHUNK) and batch.endswith(CLOSE_CHUNK)
 
 
+def text_batch_closes(batch: bytes) -> bool:
+    """:func:`batch_closes` for text mode, where chunks may be cut short of 20 bytes."""
+    if not batch.endswith(CLOSE_CHUNK):
+        return False
+    if batch.isascii():
+        return batch_closes(batch)
+    *_, last = iter_text_chunks(batch)
+    return last == CLOSE_CHUNK
+
+
 class EchoSession:
     """The server side of one connection, fed whole batches of received bytes.
+
+    With ``text=True`` chunks never end inside a UTF-8 character and are reversed by
+    character (see :func:`build_text_reply`).
 
     Usage, in any I/O shell::
 
@@ -274,9 +361,19 @@ class EchoSession:
     seed's server does by closing the stream.
     """
 
-    __slots__ = ("_pending", "bytes_received", "bytes_sent", "closing", "eof_received")
+    __slots__ = (
+        "_build",
+        "_closes",
+        "_pending",
+        "bytes_received",
+        "bytes_sent",
+        "closing",
+        "eof_received",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, text: bool = False) -> None:
+        self._build = build_text_reply if text else build_reply
+        self._closes = text_batch_closes if text else batch_closes
         self._pending: list[bytes | bytearray] = []
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -289,8 +386,10 @@ class EchoSession:
         if self.closing or not batch:
             return
         self.bytes_received += len(batch)
-        self._pending.append(build_reply(batch))
-        if batch_closes(batch):
+        self._pending.append(self._build(batch))
+        # Only the last chunk of a batch can be ``over``, in text mode too: every other
+        # chunk is at least 17 bytes long there.
+        if self._closes(batch):
             self.closing = True
 
     def receive_eof(self) -> None:
@@ -380,7 +479,7 @@ def split_reply(message: bytes, reply: bytes) -> Reply:
     sizes = _find_cut(message, reply)
     reversed_parts, start = [], 0
     for size in sizes:
-        reversed_parts.append(message[start : start + size][::-1])
+        reversed_parts.append(reply[2 * start + size : 2 * (start + size)])
         start += size
     return Reply(message, b"".join(reversed_parts), sizes)
 
@@ -415,15 +514,18 @@ def _find_cut(message: bytes, reply: bytes) -> tuple[int, ...]:
 
 
 def _fitting_lengths(message: bytes, reply: bytes, position: int) -> Iterator[int]:
-    """Chunk lengths that explain the reply at ``position``, longest first."""
+    """Chunk lengths that explain the reply at ``position``, longest first.
+
+    A chunk's second half is its byte reversal, or its character reversal when the
+    server runs in text mode; the client accepts both without being told.
+    """
     start = 2 * position
     for length in range(min(CHUNK_SIZE, len(message) - position), 0, -1):
         chunk = message[position : position + length]
-        if (
-            reply[start : start + length] == chunk
-            and reply[start + length : start + 2 * length] == chunk[::-1]
-        ):
-            yield length
+        if reply[start : start + length] == chunk:
+            second = reply[start + length : start + 2 * length]
+            if second == chunk[::-1] or second == reverse_text(chunk):
+                yield length
 
 
 def format_bytes(data: bytes) -> str:
