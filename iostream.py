@@ -283,7 +283,9 @@ class IOStream(asyncio.BufferedProtocol):
         self.close()
         return self._consume(len(self._read_buffer))
 
-    async def _read(self, find: Callable[[], int | None], wake_size: int, grows: bool = False) -> bytes:
+    async def _read(
+        self, find: Callable[[], int | None], wake_size: int, grows: bool = False
+    ) -> bytes:
         """Wait until ``find`` returns a position in the buffer, then consume up to it.
 
         ``wake_size`` is how many buffered bytes are worth a look; ``grows`` means every
@@ -550,7 +552,9 @@ class TCPServer:
         self.bytes_received = 0
         self.bytes_sent = 0
 
-    async def listen(self, port: int = 8888, address: str | None = "127.0.0.1", *, backlog: int = 128) -> None:
+    async def listen(
+        self, port: int = 8888, address: str | None = "127.0.0.1", *, backlog: int = 128
+    ) -> None:
         """Start accepting connections on ``address:port`` (port 0 picks a free port)."""
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
@@ -647,7 +651,9 @@ class TCPClient:
     stream = await TCPClient().connect("127.0.0.1", 8888, timeout=5)
     """
 
-    def __init__(self, *, max_buffer_size: int | None = None, read_chunk_size: int | None = None) -> None:
+    def __init__(
+        self, *, max_buffer_size: int | None = None, read_chunk_size: int | None = None
+    ) -> None:
         self.max_buffer_size = max_buffer_size
         self.read_chunk_size = read_chunk_size
 
@@ -656,7 +662,9 @@ class TCPClient:
         loop = asyncio.get_running_loop()
 
         def make_stream() -> IOStream:
-            return IOStream(max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+            return IOStream(
+                max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size
+            )
 
         return await _open(loop.create_connection(make_stream, host, port), timeout)
 
@@ -668,7 +676,9 @@ async def _open(
         async with asyncio.timeout(timeout):
             _, stream = await connecting
     except TimeoutError as error:
-        raise StreamClosedError(real_error=TimeoutError(f"connect timed out after {timeout:g} s")) from error
+        raise StreamClosedError(
+            real_error=TimeoutError(f"connect timed out after {timeout:g} s")
+        ) from error
     except OSError as error:
         raise StreamClosedError(real_error=error) from error
     return stream
