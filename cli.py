@@ -12,11 +12,14 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
+from typing import Any
 
 import loops
 from iostream import format_address
+from protocol import describe_error
 
 __all__ = [
     "DEFAULT_HOST",
@@ -38,7 +41,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Help that shows defaults and keeps the description's line breaks."""
+    """Help that shows defaults and keeps the description's line breaks.
+
+    Defaults that say nothing (None, an unset switch) are left out; such flags say what
+    happens without them in their own words.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def port_number(text: str) -> int:
@@ -60,6 +72,25 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0: {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count of at least 1."""
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for a count of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
     return value
 
 
@@ -137,3 +168,40 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard limit; returns the new soft limit.
+
+    Each connection is a file descriptor; the usual soft limit (1024) would cap a server
+    far below what the machine can hold.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+        return hard
+    return soft
+
+
+def install_exception_handler() -> None:
+    """Log the loop's OS-level errors (accept failures, TLS garbage) as one line each.
+
+    A peer that misbehaves is not a bug in the server: its error goes to the log as one
+    line without a traceback; anything else keeps asyncio's default report.
+    """
+    loop = asyncio.get_running_loop()
+    log = logging.getLogger("echoverse.loop")
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if isinstance(error, OSError):
+            log.warning("%s: %s", context.get("message", "error"), describe_error(error))
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)

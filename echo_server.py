@@ -21,15 +21,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 from typing import Any, cast
 
 import cli
+import supervisor
 from iostream import IOStream, TCPServer, close_gracefully, format_address
 from protocol import (
     CHUNK_SIZE,
     EchoSession,
     build_text_reply,
+    describe_error,
     double_reply,
     is_close_chunk,
     iter_chunks,
@@ -127,6 +130,8 @@ class EchoProtocol(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._address: Any = None
         self._lost: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_received = 0.0
 
     # Connection interface, for TCPServer's counters and shutdown.
 
@@ -150,14 +155,24 @@ class EchoProtocol(asyncio.BufferedProtocol):
         if self._lost is not None:
             await asyncio.shield(self._lost)
 
+    def idle_seconds(self, now: float) -> float:
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size():
+            return 0.0
+        return now - self._last_received
+
     # asyncio protocol callbacks.
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's and rloop's transports do not subclass asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
         self._address = transport.get_extra_info("peername")
-        self._lost = asyncio.get_running_loop().create_future()
-        self._server.track_connection(self)
+        loop = self._loop = asyncio.get_running_loop()
+        self._lost = loop.create_future()
+        self._last_received = loop.time()
+        if not self._server.track_connection(self):
+            # Refused past --max-connections (and closed): ignore anything it sends.
+            self._session.closing = True
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._server.recv_buffer
@@ -167,6 +182,8 @@ class EchoProtocol(asyncio.BufferedProtocol):
             # Bytes after ``over`` are discarded, as the seed discards them by closing.
             return
         session = self._session
+        assert self._loop is not None
+        self._last_received = self._loop.time()
         batch = bytes(self._server.recv_buffer[:nbytes])
         if self._server.verbose:
             for chunk in iter_text_chunks(batch) if self._server.text else iter_chunks(batch):
@@ -179,9 +196,10 @@ class EchoProtocol(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self._session.receive_eof()
-        # Every batch is answered already: close once the replies are out.
+        # Every batch is answered already: close once the replies are out. (Returning
+        # False would do on asyncio and uvloop, not on rloop; see close_gracefully.)
         self.close()
-        return True
+        return False
 
     def pause_writing(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -204,6 +222,14 @@ IMPLEMENTATIONS: dict[str, type[EchoServer]] = {
 }
 
 
+# File descriptors kept free beyond --max-connections' default, for the listening
+# sockets, logging and the odd file, so accept() never fails for want of one.
+RESERVED_FDS = 64
+
+# Tornado's listen backlog (tornado.netutil._DEFAULT_BACKLOG).
+DEFAULT_BACKLOG = 128
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
@@ -211,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=cli.HelpFormatter,
     )
     cli.add_connection_arguments(parser)
+    parser.add_argument(
+        "--unix", metavar="PATH", help="listen on this Unix socket instead of --host/--port"
+    )
     parser.add_argument(
         "--impl",
         choices=tuple(IMPLEMENTATIONS),
@@ -223,27 +252,103 @@ def build_parser() -> argparse.ArgumentParser:
         help="text mode: never cut a UTF-8 character, reverse by character (not the seed's wire)",
     )
     cli.add_logging_arguments(parser)
-    parser.add_argument(
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-connections",
+        type=cli.positive_int,
+        metavar="N",
+        help="close connections beyond N at once (default: the open-file limit minus "
+        f"{RESERVED_FDS})",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=cli.positive_float,
+        metavar="SECONDS",
+        help="close a connection that sent nothing for this long (default: never, as Tornado)",
+    )
+    limits.add_argument(
+        "--backlog", type=cli.positive_int, default=DEFAULT_BACKLOG, help="listen queue length"
+    )
+    limits.add_argument(
         "--shutdown-timeout",
         type=cli.positive_float,
         default=1.0,
-        help="seconds that open connections get to finish on SIGINT/SIGTERM",
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, time for in-flight replies before connections are cut",
+    )
+    processes = parser.add_argument_group("processes")
+    processes.add_argument(
+        "--workers",
+        type=cli.non_negative_int,
+        default=1,
+        metavar="N",
+        help="serve from N processes sharing the port (SO_REUSEPORT); 0: one per CPU",
+    )
+    processes.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--certfile", help="serve TLS with this certificate chain (PEM)")
+    tls.add_argument("--keyfile", help="the certificate's private key (PEM; default: in certfile)")
+    tls.add_argument(
+        "--handshake-timeout",
+        type=cli.positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="drop TLS clients that have not finished the handshake by then",
     )
     return parser
 
 
-async def serve(args: argparse.Namespace, loop_name: str) -> int:
-    """Listen, print the ready line, serve until SIGINT/SIGTERM, then shut down."""
-    server = IMPLEMENTATIONS[args.impl](verbose=args.verbose, text=args.text)
+def server_tls_context(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> ssl.SSLContext | None:
+    """The TLS context for --certfile/--keyfile, or exit 2 with one line if they are bad."""
+    if args.certfile is None:
+        if args.keyfile is not None:
+            parser.error("--keyfile needs --certfile")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        await server.listen(args.port, args.host)
+        context.load_cert_chain(args.certfile, args.keyfile)
+    except (OSError, ssl.SSLError) as error:
+        parser.error(f"cannot load the certificate: {describe_error(error)}")
+    return context
+
+
+async def serve(args: argparse.Namespace, loop_name: str, tls: ssl.SSLContext | None) -> int:
+    """Listen, print the ready line, serve until SIGINT/SIGTERM, then shut down."""
+    cli.install_exception_handler()
+    open_files = cli.raise_open_file_limit()
+    server = IMPLEMENTATIONS[args.impl](
+        verbose=args.verbose,
+        text=args.text,
+        max_connections=args.max_connections or max(1, open_files - RESERVED_FDS),
+        idle_timeout=args.idle_timeout,
+    )
+    try:
+        if args.unix:
+            await server.listen_unix(
+                args.unix,
+                backlog=args.backlog,
+                ssl=tls,
+                ssl_handshake_timeout=args.handshake_timeout,
+            )
+        else:
+            await server.listen(
+                args.port,
+                args.host,
+                backlog=args.backlog,
+                reuse_port=args.reuse_port,
+                ssl=tls,
+                ssl_handshake_timeout=args.handshake_timeout,
+            )
     except OSError as error:
-        where = format_address((args.host, args.port))
+        where = args.unix or format_address((args.host, args.port))
         cli.error_line(PROGRAM, f"cannot listen on {where}: {error.strerror or error}")
         return 1
     stop = asyncio.Event()
     cli.install_stop_signals(stop)
-    print(cli.ready_line(server.sockets[0].getsockname(), loop_name), flush=True)
+    address = args.unix or server.sockets[0].getsockname()
+    print(cli.ready_line(address, loop_name), flush=True)
     await stop.wait()
     await server.close(timeout=args.shutdown_timeout)
     log.info(
@@ -260,8 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.configure_logging(args.log_level)
     loop_name, factory = cli.resolve_loop(parser, args.loop)
+    tls = server_tls_context(parser, args)
+    if args.workers != 1:
+        if args.unix:
+            parser.error("--workers needs a TCP port, not --unix")
+        return supervisor.run(PROGRAM, __file__, sys.argv[1:] if argv is None else argv, args)
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve(args, loop_name))
+        return runner.run(serve(args, loop_name, tls))
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import socket
+import ssl as ssl_module
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
@@ -75,11 +77,14 @@ def close_gracefully(transport: asyncio.Transport) -> None:
 
 
 def format_address(address: Any) -> str:
-    """``host:port`` for IPv4, ``[host]:port`` for IPv6, the path for a Unix socket."""
+    """``host:port`` for IPv4, ``[host]:port`` for IPv6, ``unix:PATH`` for a Unix socket."""
     if isinstance(address, (tuple, list)) and len(address) >= 2:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address) if address else "unknown"
+    if isinstance(address, (str, bytes)) and address:
+        return f"unix:{os.fsdecode(address)}"
+    # A Unix socket's clients have no name of their own.
+    return "unix client" if address in ("", b"") else "unknown"
 
 
 class IOStream(asyncio.BufferedProtocol):
@@ -138,6 +143,7 @@ class IOStream(asyncio.BufferedProtocol):
         self._close_callback: Callable[[], None] | None = None
         self.bytes_read = 0
         self.bytes_written = 0
+        self._last_received = 0.0
 
     # --- asyncio protocol callbacks --------------------------------------------------
 
@@ -149,6 +155,7 @@ class IOStream(asyncio.BufferedProtocol):
         self._write_done = loop.create_future()
         self._write_done.set_result(None)
         self._lost_waiter = loop.create_future()
+        self._last_received = loop.time()
         if self._recv_buffer is None:
             self._recv_buffer = bytearray(self.read_chunk_size)
         self._recv_view = memoryview(self._recv_buffer)
@@ -165,6 +172,8 @@ class IOStream(asyncio.BufferedProtocol):
         buffer = self._read_buffer
         buffer += self._recv_view[:nbytes]
         self.bytes_read += nbytes
+        assert self._loop is not None
+        self._last_received = self._loop.time()
         waiter = self._read_waiter
         if waiter is not None:
             if len(buffer) > self.max_buffer_size:
@@ -473,6 +482,10 @@ class IOStream(asyncio.BufferedProtocol):
             and transport.get_write_buffer_size() > 0
         )
 
+    def idle_seconds(self, now: float) -> float:
+        """Seconds since bytes last arrived; 0 while written bytes are still leaving."""
+        return 0.0 if self.writing() else now - self._last_received
+
     def set_nodelay(self, value: bool) -> None:
         """Set ``TCP_NODELAY`` (asyncio already turns it on for every TCP connection)."""
         sock = self.get_extra_info("socket")
@@ -515,6 +528,8 @@ class Connection(Protocol):
 
     async def wait_closed(self) -> None: ...
 
+    def idle_seconds(self, now: float) -> float: ...
+
 
 class TCPServer:
     """Accepts connections and runs :meth:`handle_stream` for each, as Tornado's does.
@@ -532,7 +547,9 @@ class TCPServer:
         await server.close()
 
     Differences from Tornado: :meth:`listen` is a coroutine (binding is asynchronous in
-    asyncio) and :meth:`close` shuts down the open connections too.
+    asyncio) and :meth:`close` shuts down the open connections too. Beyond Tornado:
+    ``max_connections`` closes connections past the limit at once, and
+    ``idle_timeout`` closes a connection that has received nothing for that long.
     """
 
     def __init__(
@@ -540,12 +557,20 @@ class TCPServer:
         *,
         max_buffer_size: int | None = None,
         read_chunk_size: int | None = None,
+        max_connections: int | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.max_buffer_size = max_buffer_size
         self.read_chunk_size = read_chunk_size or DEFAULT_READ_CHUNK_SIZE
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self._servers: list[asyncio.Server] = []
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle_sweeper: asyncio.Task[None] | None = None
+        # Connections refused since the limit was last reached (logged once per burst).
+        self._refused_in_burst = 0
+        self.connections_refused = 0
         # One receive buffer for every stream of this server (see IOStream.__init__).
         self._recv_buffer = bytearray(self.read_chunk_size)
         self.connections_served = 0
@@ -553,14 +578,69 @@ class TCPServer:
         self.bytes_sent = 0
 
     async def listen(
-        self, port: int = 8888, address: str | None = "127.0.0.1", *, backlog: int = 128
+        self,
+        port: int = 8888,
+        address: str | None = "127.0.0.1",
+        *,
+        backlog: int = 128,
+        reuse_port: bool = False,
+        ssl: ssl_module.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
     ) -> None:
         """Start accepting connections on ``address:port`` (port 0 picks a free port)."""
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            self._make_protocol, host=address, port=port, backlog=backlog, reuse_address=True
+            self._make_protocol,
+            host=address,
+            port=port,
+            backlog=backlog,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout if ssl else None,
         )
+        self._started(server)
+
+    async def listen_unix(
+        self,
+        path: str,
+        *,
+        backlog: int = 128,
+        ssl: ssl_module.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> None:
+        """Start accepting connections on the Unix socket ``path`` (a stale one is replaced)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(
+            self._make_protocol,
+            path,
+            backlog=backlog,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout if ssl else None,
+        )
+        self._started(server)
+
+    def _started(self, server: asyncio.Server) -> None:
         self._servers.append(server)
+        if self.idle_timeout is not None and self._idle_sweeper is None:
+            self._idle_sweeper = asyncio.get_running_loop().create_task(self._close_idle())
+
+    async def _close_idle(self) -> None:
+        """Close connections idle for ``idle_timeout``, looking a few times per timeout.
+
+        One sweep for all connections instead of a timer per connection: resetting a
+        timer on every received batch would cost more than the echo itself.
+        """
+        assert self.idle_timeout is not None
+        loop = asyncio.get_running_loop()
+        interval = min(1.0, self.idle_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for connection in list(self._connections):
+                if connection.idle_seconds(now) >= self.idle_timeout:
+                    log.debug("closing a connection idle for %.1f s", self.idle_timeout)
+                    connection.close()
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -578,7 +658,8 @@ class TCPServer:
 
     def _start_handler(self, stream: IOStream) -> None:
         address = stream.get_extra_info("peername")
-        self.track_connection(stream)
+        if not self.track_connection(stream):
+            return
         task = asyncio.get_running_loop().create_task(self._run_handler(stream, address))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -595,9 +676,28 @@ class TCPServer:
             stream.close()
             self.forget_connection(stream)
 
-    def track_connection(self, connection: Connection) -> None:
-        """Count ``connection`` as open: :meth:`close` will shut it down."""
+    def track_connection(self, connection: Connection) -> bool:
+        """Count ``connection`` as open, or close it at once past ``max_connections``.
+
+        Returns False for a refused connection: the caller must not serve it.
+        """
+        if self.max_connections is not None and len(self._connections) >= self.max_connections:
+            connection.close()
+            self.connections_refused += 1
+            if not self._refused_in_burst:
+                log.warning(
+                    "connection limit (%d) reached: closing new connections", self.max_connections
+                )
+            self._refused_in_burst += 1
+            return False
+        if self._refused_in_burst:
+            log.warning(
+                "below the connection limit again; %d connections were closed at the limit",
+                self._refused_in_burst,
+            )
+            self._refused_in_burst = 0
         self._connections.add(connection)
+        return True
 
     def forget_connection(self, connection: Connection) -> None:
         """``connection`` has ended: add it to the totals."""
@@ -621,6 +721,9 @@ class TCPServer:
         for server in self._servers:
             server.close()
         self._servers.clear()
+        if self._idle_sweeper is not None:
+            self._idle_sweeper.cancel()
+            self._idle_sweeper = None
 
     async def close(self, timeout: float = 1.0) -> None:
         """Stop accepting, close every open connection, wait at most ``timeout`` seconds.
