@@ -192,8 +192,9 @@ class IOStream(asyncio.BufferedProtocol):
             # closes it (running the close callback) as soon as the peer has gone.
             self.close()
         # Keep the transport open for writing: replies still owed to a peer that only
-        # shut down its sending side must reach it (half-close).
-        return True
+        # shut down its sending side must reach it (half-close). asyncio's TLS transport
+        # cannot stay open after the end of stream, and warns when asked to.
+        return self.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connection_lost = True
@@ -760,16 +761,50 @@ class TCPClient:
         self.max_buffer_size = max_buffer_size
         self.read_chunk_size = read_chunk_size
 
-    async def connect(self, host: str, port: int, *, timeout: float | None = None) -> IOStream:
-        """Connect to ``host:port``; failures raise :class:`StreamClosedError` with the cause."""
+    def _make_stream(self) -> IOStream:
+        return IOStream(max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> IOStream:
+        """Connect to ``host:port`` (over TLS with ``ssl``).
+
+        Failures raise :class:`StreamClosedError` whose ``real_error`` is the cause
+        (``ConnectionRefusedError``, a ``TimeoutError``, an ``ssl.SSLError``...).
+        """
         loop = asyncio.get_running_loop()
+        connecting = loop.create_connection(
+            self._make_stream,
+            host,
+            port,
+            ssl=ssl,
+            server_hostname=(server_hostname or host) if ssl else None,
+        )
+        return await _open(connecting, timeout)
 
-        def make_stream() -> IOStream:
-            return IOStream(
-                max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size
-            )
-
-        return await _open(loop.create_connection(make_stream, host, port), timeout)
+    async def connect_unix(
+        self,
+        path: str,
+        *,
+        timeout: float | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> IOStream:
+        """Connect to the Unix socket ``path``; failures as in :meth:`connect`."""
+        loop = asyncio.get_running_loop()
+        connecting = loop.create_unix_connection(
+            self._make_stream,
+            path,
+            ssl=ssl,
+            server_hostname=(server_hostname or "localhost") if ssl else None,
+        )
+        return await _open(connecting, timeout)
 
 
 async def _open(
