@@ -28,6 +28,7 @@ behaviour and asyncio's speed:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -72,7 +73,11 @@ def close_gracefully(transport: asyncio.Transport) -> None:
     first, or it sends neither what is queued nor the FIN. On the wire it is the same.
     """
     if not transport.is_closing() and transport.can_write_eof():
-        transport.write_eof()
+        # A peer that has reset the connection, before the loop has told the transport,
+        # makes asyncio's shutdown() fail with ENOTCONN: there is no end of stream left to
+        # send, and close() must still close (and never raise a raw OSError).
+        with contextlib.suppress(OSError):
+            transport.write_eof()
     transport.close()
 
 
