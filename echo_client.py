@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 from collections.abc import Iterable, Iterator
 
@@ -24,9 +25,9 @@ import cli
 from iostream import IOStream, TCPClient, format_address
 from protocol import (
     ProtocolError,
+    Reply,
     StreamClosedError,
     describe_error,
-    Reply,
     format_bytes,
     reply_size,
     split_reply,
@@ -37,8 +38,9 @@ __all__ = ["exchange", "main"]
 PROGRAM = "echoverse-client"
 PROMPT = "Enter your input: "
 
-# Exit status for Ctrl-C, as shells report a process ended by SIGINT.
+# Exit statuses as shells report a process ended by SIGINT (Ctrl-C) and by SIGPIPE.
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 class ClientError(Exception):
@@ -51,6 +53,10 @@ async def exchange(stream: IOStream, message: bytes, timeout: float | None) -> R
     Raises :class:`ClientError` when the server does not answer in time, closes early,
     or answers with bytes that are not the message's double reply.
     """
+    if stream.buffered_size:
+        raise ClientError(
+            f"the server sent {stream.buffered_size} bytes more than the last reply was owed"
+        )
     await stream.write(message)
     expected = reply_size(message)
     try:
@@ -118,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the connection and for each whole reply",
     )
     parser.add_argument(
+        "--unix", metavar="PATH", help="connect to this Unix socket instead of --host/--port"
+    )
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls", action="store_true", help="connect over TLS, verifying the server")
+    tls.add_argument("--cafile", help="trust the CA certificates in this PEM file (implies --tls)")
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="TLS without checking the server's certificate (implies --tls; tests only)",
+    )
+    parser.add_argument(
         "-m",
         "--message",
         action="append",
@@ -128,16 +145,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_session(args: argparse.Namespace, runner: asyncio.Runner, messages: Iterable[bytes]) -> None:
+def client_tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context for --tls/--cafile/--insecure (either of the last two implies --tls)."""
+    if not (args.tls or args.cafile or args.insecure):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=args.cafile)
+    except (OSError, ssl.SSLError) as error:
+        raise ClientError(f"cannot load --cafile {args.cafile}: {describe_error(error)}") from None
+    if args.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def run_session(
+    args: argparse.Namespace, runner: asyncio.Runner, messages: Iterable[bytes]
+) -> None:
     """Connect, then for each message send it and print its reply; stop after ``over``.
 
     The event loop runs only while a message is in flight (``runner.run`` per step), so
     reading the keyboard never blocks it, and Ctrl-C at the prompt is a plain
     ``KeyboardInterrupt``.
     """
-    where = format_address((args.host, args.port))
+    where = format_address(args.unix or (args.host, args.port))
+    tls = client_tls_context(args)
+    client = TCPClient()
+    if args.unix:
+        connecting = client.connect_unix(args.unix, timeout=args.timeout, ssl=tls)
+    else:
+        connecting = client.connect(args.host, args.port, timeout=args.timeout, ssl=tls)
     try:
-        stream = runner.run(TCPClient().connect(args.host, args.port, timeout=args.timeout))
+        stream = runner.run(connecting)
     except StreamClosedError as error:
         detail = describe_error(error.real_error) if error.real_error else "connection closed"
         raise ClientError(f"cannot connect to {where}: {detail}") from None
@@ -173,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read our output stopped (``| head``): end quietly, as a process killed
+        # by SIGPIPE would, and keep Python from reporting the failed final flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return 0
 
 
