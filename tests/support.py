@@ -26,7 +26,8 @@ PYTHON = sys.executable
 TIMEOUT = 10.0 * float(os.environ.get("ECHOVERSE_TEST_TIMEOUT_SCALE", "1"))
 
 READY_LINE = re.compile(
-    r"^echoverse listening on (?:\[(?P<host6>[^\]]+)\]|(?P<host>[^:\s]+)):(?P<port>\d+)"
+    r"^echoverse listening on (?:unix:(?P<path>.+)|"
+    r"(?:\[(?P<host6>[^\]]+)\]|(?P<host>[^:\s]+)):(?P<port>\d+))"
     r" \(loop: (?P<loop>[\w-]+)\)$"
 )
 
@@ -70,10 +71,16 @@ class ServerProcess:
 
 
 def parse_ready_line(line: str) -> tuple[str, int, str]:
-    """(host, port, loop) from ``echoverse listening on HOST:PORT (loop: NAME)``."""
+    """(host, port, loop) from ``echoverse listening on HOST:PORT (loop: NAME)``.
+
+    For a Unix socket (``echoverse listening on unix:PATH (loop: NAME)``) the host is
+    the socket's path and the port 0.
+    """
     match = READY_LINE.match(line.strip())
     if match is None:
         raise AssertionError(f"not a ready line: {line!r}")
+    if match.group("path") is not None:
+        return match.group("path"), 0, match.group("loop")
     host = match.group("host6") or match.group("host")
     return host, int(match.group("port")), match.group("loop")
 
