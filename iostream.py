@@ -203,7 +203,8 @@ class IOStream(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connection_lost = True
-        if exc is not None and self.error is None:
+        if exc is not None and self.error is None and not self._closed:
+            # After close() the first reason sticks, as in close() itself.
             self.error = exc
         self._write_pending.clear()
         self._write_pending_size = 0
@@ -314,7 +315,7 @@ class IOStream(asyncio.BufferedProtocol):
                 except UnsatisfiableReadError as error:
                     log.info("Unsatisfiable read, closing connection: %s", error)
                     self.close(error)
-                    raise StreamClosedError(real_error=error) from error
+                    raise StreamClosedError(real_error=self.error) from error
                 if position is not None:
                     return self._consume(position)
                 if self._closed or self._eof or self._connection_lost:
@@ -435,12 +436,14 @@ class IOStream(asyncio.BufferedProtocol):
         """Close the stream: queued writes still go out, then the connection closes.
 
         ``exc_info`` becomes :attr:`error`, the ``real_error`` later reads and writes
-        report.
+        report. On a stream already closed this does nothing: the first reason sticks,
+        as in Tornado (a ``max_bytes`` overrun found after the end of stream reports
+        ``real_error`` None, not the overrun).
         """
-        if exc_info is not None:
-            self.error = exc_info
         if self._closed:
             return
+        if exc_info is not None:
+            self.error = exc_info
         transport = self._transport
         if transport is not None and not self._connection_lost:
             self._flush()
