@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Reinstall whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
 
-MODULES := protocol.py iostream.py loops.py cli.py echo_server.py echo_client.py supervisor.py
+MODULES := protocol.py iostream.py loops.py cli.py echo_server.py echo_client.py supervisor.py tornado_server.py tornado_client.py
 
 .PHONY: help install demo test lint format clean
 
