@@ -7,15 +7,16 @@ BIN := $(VENV)/bin
 # Reinstall whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
 
-MODULES := protocol.py iostream.py loops.py cli.py echo_server.py echo_client.py supervisor.py tornado_server.py tornado_client.py
+MODULES := protocol.py iostream.py loops.py cli.py echo_server.py echo_client.py supervisor.py bench.py tornado_server.py tornado_client.py
 
-.PHONY: help install demo test lint format clean
+.PHONY: help install demo test lint format bench clean
 
 help:
 	@echo "make demo    set up .venv, start a server, run a scripted client session, stop"
 	@echo "make test    set up .venv, lint, type-check and run the whole test suite"
 	@echo "make lint    ruff check, ruff format --check, mypy --strict"
 	@echo "make format  ruff format and ruff check --fix"
+	@echo "make bench   a quick benchmark matrix (under 3 minutes) into bench-results/"
 	@echo "make clean   remove .venv and caches"
 
 $(STAMP): pyproject.toml
@@ -38,6 +39,12 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The quick matrix: every target on every installed loop, one short repeat per cell.
+# `python bench.py run --help` for the full one; `bench.py idle` and `bench.py cold-start`
+# measure memory per idle connection and a fresh server's first clients.
+bench: $(STAMP)
+	$(BIN)/python bench.py run --warmup 0.2 --duration 0.6 --repeats 1 --max-inflight 256k --ramp-timeout 10
 
 test: lint
 	$(BIN)/python -m pytest
