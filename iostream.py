@@ -181,10 +181,12 @@ class IOStream(asyncio.BufferedProtocol):
         self._last_received = self._loop.time()
         waiter = self._read_waiter
         if waiter is not None:
-            if len(buffer) > self.max_buffer_size:
-                log.error("Reached maximum read buffer size")
-                self.close(StreamBufferFullError("Reached maximum read buffer size"))
-            elif len(buffer) >= self._wake_size and not waiter.done():
+            # Past max_buffer_size the waiting read decides: it completes if it can,
+            # or fails with StreamBufferFullError. (Never raise here: on rloop an
+            # exception from a protocol callback aborts the process.)
+            if (
+                len(buffer) >= self._wake_size or len(buffer) > self.max_buffer_size
+            ) and not waiter.done():
                 waiter.set_result(None)
         elif len(buffer) >= self._read_high_water:
             self._pause_reading()
@@ -255,6 +257,9 @@ class IOStream(asyncio.BufferedProtocol):
         def find() -> int | None:
             nonlocal scan_from
             buffer = self._read_buffer
+            if not buffer:
+                # Tornado searches only a non-empty buffer (an empty delimiter waits).
+                return None
             location = buffer.find(delimiter, scan_from)
             if location != -1:
                 end = location + len(delimiter)
@@ -274,6 +279,9 @@ class IOStream(asyncio.BufferedProtocol):
 
         def find() -> int | None:
             buffer = self._read_buffer
+            if not buffer:
+                # As Tornado: a pattern that matches the empty string waits for a byte.
+                return None
             match = pattern.search(buffer)
             if match is not None:
                 _check_max_bytes(pattern.pattern, match.end(), max_bytes)
@@ -290,6 +298,8 @@ class IOStream(asyncio.BufferedProtocol):
         self._start_read()
         try:
             while not (self._closed or self._eof or self._connection_lost):
+                if self._buffer_overflowing():
+                    break
                 await self._wait_for_data(_WAKE_ONLY_AT_END)
         finally:
             self._reading = False
@@ -323,9 +333,24 @@ class IOStream(asyncio.BufferedProtocol):
                     # cannot satisfy the read. They stay buffered for reads that fit.
                     self.close()
                     raise StreamClosedError(real_error=self.error)
+                if self._buffer_overflowing():
+                    raise StreamClosedError(real_error=self.error)
                 await self._wait_for_data(len(self._read_buffer) + 1 if grows else wake_size)
         finally:
             self._reading = False
+
+    def _buffer_overflowing(self) -> bool:
+        """Close with StreamBufferFullError if a read waits on more than max_buffer_size.
+
+        Tornado checks after each socket read of at most 64 KiB (or max_buffer_size / 2),
+        before it looks at the bytes, so a read completed by the very bytes that overflow
+        fails there; here the read gets to look first (asyncio hands over bigger batches).
+        """
+        if len(self._read_buffer) <= self.max_buffer_size:
+            return False
+        log.error("Reached maximum read buffer size")
+        self.close(StreamBufferFullError("Reached maximum read buffer size"))
+        return True
 
     def _start_read(self) -> None:
         if self._reading:
