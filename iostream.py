@@ -34,6 +34,7 @@ import os
 import re
 import socket
 import ssl as ssl_module
+import struct
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
@@ -56,6 +57,9 @@ DEFAULT_READ_HIGH_WATER = 4 * DEFAULT_READ_CHUNK_SIZE
 # Queued writes are handed to the transport at the end of the loop turn, or at once when
 # this many bytes are waiting (asyncio's own default high-water mark for transports).
 WRITE_FLUSH_THRESHOLD = 64 * 1024
+
+# SO_LINGER on, timeout 0: close() sends a reset and drops unsent bytes.
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 # A read that never wakes for new data, only for the end of stream or a close.
 _WAKE_ONLY_AT_END = sys.maxsize
@@ -480,6 +484,13 @@ class IOStream(asyncio.BufferedProtocol):
         self._write_pending.clear()
         self._write_pending_size = 0
         if self._transport is not None and not self._connection_lost:
+            # asyncio's and uvloop's abort() drop the queued bytes but then close the
+            # socket normally: the peer would read a truncated reply followed by a clean
+            # end of stream. Linger 0 makes the close a reset (RST), which says "cut off".
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
             self._transport.abort()
         self._mark_closed()
 
