@@ -1,0 +1,815 @@
+"""The IOStream port's semantics, one behaviour per test, over real sockets on 127.0.0.1.
+
+The specification is ``FACTS.md``, "Tornado 6.6.1 IOStream semantics, observed over real
+sockets" (``test_differential.py`` checks the same against Tornado itself). Most tests
+put the port's :class:`~iostream.IOStream` on one end of a connection and a plain socket,
+the *peer*, on the other, so the peer can do exactly what a test needs: half-close,
+reset, stop reading. Server and client tests use :class:`~iostream.TCPServer` and
+:class:`~iostream.TCPClient`. Every async test runs once per event loop (``conftest.py``).
+
+Nothing waits by sleeping. Where a test needs the port to have received what the peer
+sent, it makes a round trip (:func:`round_trip`): the event loop reads every socket that
+is ready in one pass, before it runs what that pass woke up, so once the peer has our
+reply, our side has read everything the peer sent before it. Every wait is bounded by
+``TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager, closing
+from typing import Any, TypeVar
+
+import pytest
+from support import TIMEOUT
+
+from iostream import IOStream, TCPClient, TCPServer
+from protocol import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
+
+T = TypeVar("T")
+
+# Kernel buffers for tests that fill them: set explicitly they stop Linux growing them
+# (to tens of MiB on loopback), so a few MiB are enough to fill them.
+SMALL_BUFFER = 64 * 1024
+# asyncio's and uvloop's default high-water mark for a transport's write buffer.
+TRANSPORT_HIGH_WATER = 64 * 1024
+
+
+# --- the peer: a plain socket driven through the event loop ---------------------------
+
+
+class Peer:
+    """The far end of a connection, a non-blocking socket the test drives."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+
+    async def send(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+
+    async def recv_exactly(self, size: int) -> bytes:
+        chunks: list[bytes] = []
+        while size > 0:
+            chunk = await self.loop.sock_recv(self.sock, min(size, 1 << 20))
+            if not chunk:
+                raise AssertionError(f"end of stream with {size} bytes still expected")
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    async def recv_all(self) -> bytes:
+        """Everything until the end of stream (a reset raises ConnectionResetError)."""
+        chunks: list[bytes] = []
+        while chunk := await self.loop.sock_recv(self.sock, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def wait_readable(self) -> None:
+        """Until bytes have arrived, without reading them."""
+        ready: asyncio.Future[None] = self.loop.create_future()
+
+        def on_readable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self.loop.add_reader(self.sock, on_readable)
+        try:
+            await ready
+        finally:
+            self.loop.remove_reader(self.sock)
+
+    def shutdown_write(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def abort(self) -> None:
+        """Close with a reset (RST) instead of an end of stream."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+@asynccontextmanager
+async def connection(
+    *, small_buffers: bool = False, make_stream: Callable[[], IOStream] = IOStream
+) -> AsyncIterator[tuple[IOStream, Peer, asyncio.Transport]]:
+    """A stream under test, connected over 127.0.0.1 to a :class:`Peer`; bounded by TIMEOUT."""
+    async with asyncio.timeout(TIMEOUT):
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            local = socket.socket()
+            if small_buffers:
+                # Accepted sockets inherit the listener's buffer sizes.
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+                local.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+                local.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+            local.connect(listener.getsockname()[:2])
+            remote, _ = listener.accept()
+        local.setblocking(False)
+        remote.setblocking(False)
+        # The peer's small sends leave at once (Nagle could hold them back).
+        remote.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = Peer(remote)
+        loop = asyncio.get_running_loop()
+        transport, stream = await loop.create_connection(make_stream, sock=local)
+        try:
+            yield stream, peer, transport
+        finally:
+            stream.abort()
+            await stream.wait_closed()
+            if peer.sock.fileno() != -1:
+                peer.close()
+
+
+async def round_trip(stream: IOStream, peer: Peer) -> None:
+    """Once this returns, the stream has received everything the peer sent before."""
+    await stream.write(b"!")
+    assert await peer.recv_exactly(1) == b"!"
+
+
+async def start(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Run ``coro`` as a task; return once it has run up to its first wait."""
+    started = asyncio.Event()
+
+    async def run() -> T:
+        started.set()
+        return await coro
+
+    task = asyncio.ensure_future(run())
+    await started.wait()
+    return task
+
+
+ReadCall = Callable[[IOStream], Coroutine[Any, Any, bytes]]
+
+# One read of each kind that two buffered bytes cannot satisfy.
+UNSATISFIED_READS: list[Any] = [
+    pytest.param(lambda s: s.read_bytes(10), id="read_bytes"),
+    pytest.param(lambda s: s.read_bytes(10, partial=True), id="read_bytes_partial"),
+    pytest.param(lambda s: s.read_until(b"\n"), id="read_until"),
+    pytest.param(lambda s: s.read_until_regex(rb"\d"), id="read_until_regex"),
+]
+
+
+# --- delimiters and max_bytes -------------------------------------------------------------
+
+
+async def test_read_until_returns_the_data_including_the_delimiter() -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"hello\r\nworld\r\n")
+        assert await stream.read_until(b"\r\n") == b"hello\r\n"
+        assert await stream.read_until(b"\r\n") == b"world\r\n"
+
+
+async def test_read_until_finds_a_delimiter_split_across_sends() -> None:
+    async with connection() as (stream, peer, _):
+        reading = await start(stream.read_until(b"\r\n"))
+        await peer.send(b"hello\r")
+        await round_trip(stream, peer)
+        await peer.send(b"\nrest")
+        assert await reading == b"hello\r\n"
+
+
+async def test_read_until_regex_returns_the_data_including_the_match() -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abc123def")
+        assert await stream.read_until_regex(rb"\d\d\d") == b"abc123"
+
+
+async def test_read_until_regex_matching_the_empty_string_waits_for_a_byte() -> None:
+    # Tornado searches only a non-empty buffer.
+    async with connection() as (stream, peer, _):
+        reading = await start(stream.read_until_regex(rb"a*"))
+        await round_trip(stream, peer)
+        assert not reading.done()
+        await peer.send(b"b")
+        assert await reading == b""
+        assert await stream.read_bytes(1) == b"b"
+
+
+MAX_BYTES_READS: list[Any] = [
+    pytest.param(lambda s, m: s.read_until(b"\n", max_bytes=m), id="read_until"),
+    pytest.param(lambda s, m: s.read_until_regex(rb"\n", max_bytes=m), id="read_until_regex"),
+]
+
+
+@pytest.mark.parametrize("read", MAX_BYTES_READS)
+async def test_delimiter_ending_exactly_at_max_bytes_succeeds(
+    read: Callable[[IOStream, int], Coroutine[Any, Any, bytes]],
+) -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abcd\nefgh")
+        assert await read(stream, 5) == b"abcd\n"
+        assert not stream.closed()
+
+
+@pytest.mark.parametrize("read", MAX_BYTES_READS)
+async def test_exactly_max_bytes_buffered_without_delimiter_waits(
+    read: Callable[[IOStream, int], Coroutine[Any, Any, bytes]],
+) -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abcde")
+        reading = await start(read(stream, 5))
+        await round_trip(stream, peer)
+        assert not reading.done()
+        # Still waiting, not overrun: the end of stream is what ends it.
+        peer.shutdown_write()
+        with pytest.raises(StreamClosedError) as raised:
+            await reading
+        assert raised.value.real_error is None
+
+
+OVERRUNS: list[Any] = [
+    pytest.param(b"abcdef\n", id="delimiter-past-max_bytes"),
+    pytest.param(b"abcdef", id="no-delimiter-past-max_bytes"),
+]
+
+
+@pytest.mark.parametrize("payload", OVERRUNS)
+@pytest.mark.parametrize("read", MAX_BYTES_READS)
+async def test_max_bytes_overrun_raises_stream_closed_with_unsatisfiable_read(
+    read: Callable[[IOStream, int], Coroutine[Any, Any, bytes]], payload: bytes
+) -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(payload)
+        with pytest.raises(StreamClosedError) as raised:
+            await read(stream, 5)
+        assert isinstance(raised.value.real_error, UnsatisfiableReadError)
+        assert not isinstance(raised.value, UnsatisfiableReadError)
+        assert stream.closed()
+
+
+async def test_after_max_bytes_overrun_write_raises_the_same() -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abcdef")
+        with pytest.raises(StreamClosedError):
+            await stream.read_until(b"\n", max_bytes=5)
+        with pytest.raises(StreamClosedError) as raised:
+            stream.write(b"x")
+        assert isinstance(raised.value.real_error, UnsatisfiableReadError)
+
+
+async def test_after_max_bytes_overrun_read_until_close_returns_the_buffered_bytes() -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abcdef")
+        with pytest.raises(StreamClosedError):
+            await stream.read_until(b"\n", max_bytes=5)
+        assert await stream.read_until_close() == b"abcdef"
+
+
+async def test_max_bytes_overrun_after_the_end_of_stream_keeps_the_first_reason() -> None:
+    # As in Tornado: the stream closed at the end of stream, real_error stays None.
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abcdef")
+        peer.shutdown_write()
+        with pytest.raises(StreamClosedError):
+            await stream.read_bytes(100)
+        with pytest.raises(StreamClosedError) as raised:
+            await stream.read_until(b"\n", max_bytes=5)
+        assert raised.value.real_error is None
+
+
+# --- max_buffer_size ----------------------------------------------------------------------
+
+
+async def test_read_waiting_past_max_buffer_size_fails_with_buffer_full() -> None:
+    async with connection(make_stream=lambda: IOStream(max_buffer_size=1024)) as (
+        stream,
+        peer,
+        _,
+    ):
+        reading = await start(stream.read_until(b"\n"))
+        await peer.send(b"x" * 2000)
+        with pytest.raises(StreamClosedError) as raised:
+            await reading
+        assert isinstance(raised.value.real_error, StreamBufferFullError)
+        assert stream.closed()
+
+
+async def test_read_until_close_past_max_buffer_size_fails_with_buffer_full() -> None:
+    async with connection(make_stream=lambda: IOStream(max_buffer_size=1024)) as (
+        stream,
+        peer,
+        _,
+    ):
+        reading = await start(stream.read_until_close())
+        await peer.send(b"x" * 2000)
+        with pytest.raises(StreamClosedError) as raised:
+            await reading
+        assert isinstance(raised.value.real_error, StreamBufferFullError)
+
+
+async def test_read_completed_by_the_bytes_past_max_buffer_size_succeeds() -> None:
+    async with connection(make_stream=lambda: IOStream(max_buffer_size=1024)) as (
+        stream,
+        peer,
+        _,
+    ):
+        reading = await start(stream.read_until(b"\n"))
+        await peer.send(b"ab\n" + b"x" * 2000)
+        assert await reading == b"ab\n"
+        assert not stream.closed()
+
+
+# --- the end of stream ----------------------------------------------------------------------
+
+
+async def test_read_at_the_end_of_stream_raises_with_no_real_error() -> None:
+    async with connection() as (stream, peer, _):
+        peer.shutdown_write()
+        with pytest.raises(StreamClosedError) as raised:
+            await stream.read_bytes(1)
+        assert raised.value.real_error is None
+        assert stream.closed()
+
+
+@pytest.mark.parametrize("end", ["shutdown", "close"])
+async def test_end_of_stream_keeps_the_bytes_a_read_could_not_use(end: str) -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abc")
+        peer.shutdown_write() if end == "shutdown" else peer.close()
+        with pytest.raises(StreamClosedError) as raised:
+            await stream.read_bytes(5)
+        assert raised.value.real_error is None
+        assert await stream.read_bytes(2) == b"ab"
+        assert await stream.read_until_close() == b"c"
+
+
+async def test_end_of_stream_seen_by_a_read_makes_write_raise_at_once() -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abc")
+        peer.shutdown_write()
+        with pytest.raises(StreamClosedError):
+            await stream.read_until(b"\n")
+        assert stream.closed()
+        with pytest.raises(StreamClosedError) as raised:
+            stream.write(b"x")
+        assert raised.value.real_error is None
+
+
+async def test_read_until_close_returns_everything_up_to_the_end_of_stream() -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abc")
+        await peer.send(b"def")
+        peer.shutdown_write()
+        assert await stream.read_until_close() == b"abcdef"
+        assert stream.closed()
+
+
+# --- partial reads ---------------------------------------------------------------------------
+
+
+async def test_read_bytes_partial_returns_what_is_buffered() -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abc")
+        await round_trip(stream, peer)
+        assert await stream.read_bytes(10, partial=True) == b"abc"
+
+
+async def test_read_bytes_partial_returns_at_most_num_bytes() -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abc")
+        await round_trip(stream, peer)
+        assert await stream.read_bytes(2, partial=True) == b"ab"
+        assert await stream.read_bytes(2, partial=True) == b"c"
+
+
+async def test_read_bytes_partial_waits_for_the_first_byte() -> None:
+    async with connection() as (stream, peer, _):
+        reading = await start(stream.read_bytes(10, partial=True))
+        await round_trip(stream, peer)
+        assert not reading.done()
+        await peer.send(b"a")
+        assert await reading == b"a"
+
+
+async def test_read_bytes_partial_with_nothing_buffered_and_the_peer_gone_raises() -> None:
+    async with connection() as (stream, peer, _):
+        peer.close()
+        with pytest.raises(StreamClosedError) as raised:
+            await stream.read_bytes(10, partial=True)
+        assert raised.value.real_error is None
+
+
+# --- our own close() ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("read", UNSATISFIED_READS)
+async def test_close_fails_a_pending_read(read: ReadCall) -> None:
+    async with connection() as (stream, _, _):
+        reading = await start(read(stream))
+        stream.close()
+        with pytest.raises(StreamClosedError) as raised:
+            await reading
+        assert raised.value.real_error is None
+
+
+@pytest.mark.parametrize("buffered", [b"", b"abc"])
+async def test_close_resolves_a_pending_read_until_close_with_the_buffered_bytes(
+    buffered: bytes,
+) -> None:
+    async with connection() as (stream, peer, _):
+        if buffered:
+            await peer.send(buffered)
+            await round_trip(stream, peer)
+        reading = await start(stream.read_until_close())
+        stream.close()
+        assert await reading == buffered
+
+
+@pytest.mark.parametrize("read", UNSATISFIED_READS)
+async def test_read_after_close_with_nothing_buffered_raises(read: ReadCall) -> None:
+    async with connection() as (stream, _, _):
+        stream.close()
+        with pytest.raises(StreamClosedError) as raised:
+            await read(stream)
+        assert raised.value.real_error is None
+
+
+async def test_read_until_close_after_close_returns_nothing() -> None:
+    async with connection() as (stream, _, _):
+        stream.close()
+        assert await stream.read_until_close() == b""
+
+
+async def test_write_after_close_raises() -> None:
+    async with connection() as (stream, _, _):
+        stream.close()
+        with pytest.raises(StreamClosedError) as raised:
+            stream.write(b"x")
+        assert raised.value.real_error is None
+
+
+async def test_close_twice_does_nothing_more() -> None:
+    async with connection() as (stream, peer, _):
+        stream.close()
+        stream.close()
+        assert stream.closed()
+        assert await peer.recv_all() == b""
+
+
+async def test_close_sends_what_was_written_then_the_end_of_stream() -> None:
+    async with connection() as (stream, peer, _):
+        stream.write(b"last words")
+        stream.close()
+        assert await peer.recv_all() == b"last words"
+
+
+# --- the peer goes away ----------------------------------------------------------------------
+
+
+async def reset_by_peer_after(stream: IOStream, peer: Peer, data: bytes) -> None:
+    """The peer sends ``data``, then closes with our bytes unread: a reset (RST)."""
+    await peer.send(data)
+    await stream.write(b"never read")
+    await peer.wait_readable()
+    peer.close()
+
+
+async def test_reset_with_unread_data_still_delivers_every_byte_sent_before() -> None:
+    async with connection() as (stream, peer, _):
+        await reset_by_peer_after(stream, peer, b"hello")
+        assert await stream.read_bytes(5) == b"hello"
+        with pytest.raises(StreamClosedError) as raised:
+            await stream.read_bytes(1)
+        assert isinstance(raised.value.real_error, ConnectionResetError)
+
+
+async def test_read_until_close_treats_a_reset_as_a_close() -> None:
+    async with connection() as (stream, peer, _):
+        await reset_by_peer_after(stream, peer, b"hello")
+        assert await stream.read_until_close() == b"hello"
+        assert isinstance(stream.error, ConnectionResetError)
+
+
+async def test_write_after_the_peer_closed_eventually_fails() -> None:
+    # The first bytes reach the kernel, the peer answers them with a reset, and the
+    # write still in progress fails with it. The peer's byte stays unread, so the
+    # stream is not idle and does not close by itself at the end of stream.
+    async with connection(small_buffers=True) as (stream, peer, _):
+        await peer.send(b"x")
+        await round_trip(stream, peer)
+        peer.close()
+        with pytest.raises(StreamClosedError) as raised:
+            await stream.write(b"y" * (4 << 20))
+        assert isinstance(raised.value.real_error, (BrokenPipeError, ConnectionResetError))
+        with pytest.raises(StreamClosedError):
+            stream.write(b"z")
+        assert await stream.read_bytes(1) == b"x"
+
+
+# --- close callbacks ----------------------------------------------------------------------------
+
+
+async def test_close_callback_runs_on_our_close() -> None:
+    async with connection() as (stream, _, _):
+        closed = asyncio.Event()
+        stream.set_close_callback(closed.set)
+        stream.close()
+        await closed.wait()
+
+
+@pytest.mark.parametrize(("end", "real_error"), [("close", None), ("abort", ConnectionResetError)])
+async def test_close_callback_runs_when_the_peer_leaves_an_idle_stream(
+    end: str, real_error: type[BaseException] | None
+) -> None:
+    async with connection() as (stream, peer, _):
+        closed = asyncio.Event()
+        stream.set_close_callback(closed.set)
+        peer.close() if end == "close" else peer.abort()
+        await closed.wait()
+        assert stream.closed()
+        assert stream.error is None if real_error is None else isinstance(stream.error, real_error)
+
+
+async def test_close_callback_set_on_a_closed_stream_runs() -> None:
+    async with connection() as (stream, _, _):
+        stream.close()
+        closed = asyncio.Event()
+        stream.set_close_callback(closed.set)
+        await closed.wait()
+
+
+# --- both ends ours: TCPServer and TCPClient -----------------------------------------------------
+
+
+class HandOverServer(TCPServer):
+    """Hands every accepted stream to the test and keeps it open until ``done``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: asyncio.Queue[IOStream] = asyncio.Queue()
+        self.done = asyncio.Event()
+
+    async def handle_stream(self, stream: IOStream, address: Any) -> None:
+        await self.streams.put(stream)
+        await self.done.wait()
+
+
+def port_of(server: TCPServer) -> int:
+    port: int = server.sockets[0].getsockname()[1]
+    return port
+
+
+@asynccontextmanager
+async def stream_pair() -> AsyncIterator[tuple[IOStream, IOStream]]:
+    """(server side, client side) of one connection; bounded by TIMEOUT."""
+    async with asyncio.timeout(TIMEOUT):
+        server = HandOverServer()
+        await server.listen(0, "127.0.0.1")
+        client = await TCPClient().connect("127.0.0.1", port_of(server))
+        try:
+            yield await server.streams.get(), client
+        finally:
+            server.done.set()
+            client.close()
+            await server.close()
+
+
+@pytest.mark.parametrize("closer", ["server", "client"])
+async def test_whoever_closes_both_sides_see_stream_closed(closer: str) -> None:
+    async with stream_pair() as (server_side, client_side):
+        closing_side, other = (
+            (server_side, client_side) if closer == "server" else (client_side, server_side)
+        )
+        closing_side.close()
+        with pytest.raises(StreamClosedError):
+            await closing_side.read_bytes(1)
+        with pytest.raises(StreamClosedError):
+            closing_side.write(b"x")
+        with pytest.raises(StreamClosedError) as raised:
+            await other.read_bytes(1)
+        assert raised.value.real_error is None
+        with pytest.raises(StreamClosedError):
+            other.write(b"x")
+
+
+class EchoServer(TCPServer):
+    """Sends back what it reads, in whatever batches it reads; records how it ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: asyncio.Future[StreamClosedError] | None = None
+
+    async def handle_stream(self, stream: IOStream, address: Any) -> None:
+        self.ended = asyncio.get_running_loop().create_future()
+        try:
+            while True:
+                await stream.write(await stream.read_bytes(65536, partial=True))
+        except StreamClosedError as error:
+            self.ended.set_result(error)
+            raise
+
+
+async def test_half_close_peer_still_gets_every_reply() -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    async with asyncio.timeout(TIMEOUT):
+        server = EchoServer()
+        await server.listen(0, "127.0.0.1")
+        with closing(socket.create_connection(("127.0.0.1", port_of(server)))) as sock:
+            sock.setblocking(False)
+            peer = Peer(sock)
+
+            async def send_then_shut() -> None:
+                await peer.send(payload)
+                peer.shutdown_write()
+
+            sending = asyncio.ensure_future(send_then_shut())
+            assert await peer.recv_all() == payload
+            await sending
+        assert server.ended is not None
+        ended = await server.ended
+        assert ended.real_error is None
+        await server.close()
+
+
+# --- backpressure --------------------------------------------------------------------------------
+
+
+async def test_write_futures_stop_resolving_while_the_peer_does_not_read() -> None:
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    async with connection(small_buffers=True) as (stream, peer, transport):
+        written = 0
+        while (future := stream.write(chunk)).done():
+            written += len(chunk)
+            assert written < 64 << 20, "the stream never pushed back"
+        written += len(chunk)
+        # What the stream holds beyond the kernel's buffers is bounded.
+        assert transport.get_write_buffer_size() <= TRANSPORT_HIGH_WATER + len(chunk)
+        assert stream.writing()
+        assert not future.done()
+        received = asyncio.ensure_future(peer.recv_exactly(written))
+        await future
+        assert await received == chunk * (written // len(chunk))
+
+
+class PauseObserved(IOStream):
+    """An IOStream that tells the test when it stops reading from the socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = asyncio.Event()
+
+    def _pause_reading(self) -> None:
+        super()._pause_reading()
+        self.paused.set()
+
+
+async def test_reading_pauses_while_nobody_reads_and_nothing_is_lost() -> None:
+    payload = bytes(range(256)) * (32 << 10)  # 8 MiB, far beyond every buffer
+    async with connection(small_buffers=True, make_stream=PauseObserved) as (
+        stream,
+        peer,
+        transport,
+    ):
+        assert isinstance(stream, PauseObserved)
+        sending = asyncio.ensure_future(peer.send(payload))
+        await stream.paused.wait()
+        assert not transport.is_reading()
+        # Bounded: the high-water mark plus at most one receive beyond it.
+        assert stream.buffered_size <= 4 * stream.read_chunk_size + stream.read_chunk_size
+        assert not sending.done()
+        assert await stream.read_bytes(len(payload)) == payload
+        await sending
+
+
+# --- TCPServer -----------------------------------------------------------------------------------
+
+
+async def test_server_listens_on_port_zero_and_serves() -> None:
+    async with asyncio.timeout(TIMEOUT):
+        server = EchoServer()
+        await server.listen(0, "127.0.0.1")
+        assert port_of(server) != 0
+        client = await TCPClient().connect("127.0.0.1", port_of(server))
+        await client.write(b"ping")
+        assert await client.read_bytes(4) == b"ping"
+        client.close()
+        await server.close()
+
+
+async def test_server_stop_refuses_new_connections_and_keeps_open_ones() -> None:
+    async with asyncio.timeout(TIMEOUT):
+        server = EchoServer()
+        await server.listen(0, "127.0.0.1")
+        port = port_of(server)
+        client = await TCPClient().connect("127.0.0.1", port)
+        server.stop()
+        with pytest.raises(StreamClosedError) as raised:
+            await TCPClient().connect("127.0.0.1", port)
+        assert isinstance(raised.value.real_error, ConnectionRefusedError)
+        await client.write(b"still here")
+        assert await client.read_bytes(10) == b"still here"
+        client.close()
+        await server.close()
+
+
+async def test_server_close_closes_open_connections() -> None:
+    async with asyncio.timeout(TIMEOUT):
+        server = EchoServer()
+        await server.listen(0, "127.0.0.1")
+        client = await TCPClient().connect("127.0.0.1", port_of(server))
+        await client.write(b"hi")
+        assert await client.read_bytes(2) == b"hi"
+        await server.close()
+        assert server.connections == 0
+        assert await client.read_until_close() == b""
+
+
+class FloodServer(TCPServer):
+    """Writes far more than a client that does not read can take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = asyncio.Event()
+
+    async def handle_stream(self, stream: IOStream, address: Any) -> None:
+        written = stream.write(b"z" * (16 << 20))
+        self.writing.set()
+        await written
+
+
+async def test_server_close_aborts_connections_still_open_after_the_timeout() -> None:
+    async with asyncio.timeout(TIMEOUT):
+        server = FloodServer()
+        await server.listen(0, "127.0.0.1")
+        with closing(socket.socket()) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port_of(server)))
+            await server.writing.wait()
+            await server.close(timeout=0.1)
+            assert server.connections == 0
+            # Not the end of stream: the queued bytes were dropped with a reset.
+            with pytest.raises(ConnectionResetError):
+                await Peer(sock).recv_all()
+
+
+class FailingServer(TCPServer):
+    async def handle_stream(self, stream: IOStream, address: Any) -> None:
+        raise ValueError("handler bug")
+
+
+async def test_handler_exception_is_logged_once_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        server = FailingServer()
+        await server.listen(0, "127.0.0.1")
+        client = await TCPClient().connect("127.0.0.1", port_of(server))
+        assert await client.read_until_close() == b""
+        await server.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].exc_info is not None
+    assert isinstance(errors[0].exc_info[1], ValueError)
+
+
+class ReadingServer(TCPServer):
+    async def handle_stream(self, stream: IOStream, address: Any) -> None:
+        await stream.read_bytes(1)
+
+
+async def test_stream_closed_in_a_handler_is_not_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        server = ReadingServer()
+        await server.listen(0, "127.0.0.1")
+        client = await TCPClient().connect("127.0.0.1", port_of(server))
+        client.close()
+        await server.close()
+    assert server.connections_served == 1
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# --- TCPClient -----------------------------------------------------------------------------------
+
+
+async def test_connect_refused_raises_stream_closed_with_connection_refused() -> None:
+    # A bound socket that does not listen: the port is ours, and nobody accepts on it.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(StreamClosedError) as raised:
+                await TCPClient().connect("127.0.0.1", unused.getsockname()[1])
+    assert isinstance(raised.value.real_error, ConnectionRefusedError)
+
+
+async def test_connect_timeout_raises_stream_closed_with_timeout() -> None:
+    # A listener whose accept queue is full: Linux drops further connection requests,
+    # so the handshake never completes.
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        queued.settimeout(TIMEOUT)
+        queued.connect(listener.getsockname())
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(StreamClosedError) as raised:
+                await TCPClient().connect("127.0.0.1", listener.getsockname()[1], timeout=0.1)
+    assert isinstance(raised.value.real_error, TimeoutError)
