@@ -57,10 +57,13 @@ async def exchange(stream: IOStream, message: bytes, timeout: float | None) -> R
         raise ClientError(
             f"the server sent {stream.buffered_size} bytes more than the last reply was owed"
         )
-    await stream.write(message)
     expected = reply_size(message)
     try:
         async with asyncio.timeout(timeout):
+            # The write belongs in here too: it raises StreamClosedError when the server
+            # hung up while we waited for input, and it waits while a server that does
+            # not read leaves the send buffer full.
+            await stream.write(message)
             reply = await stream.read_bytes(expected)
     except TimeoutError:
         raise ClientError(
