@@ -1,0 +1,678 @@
+"""The two scripts end to end, as users run them: subprocesses on real loopback sockets.
+
+Every server scenario runs on both loops (``--loop asyncio``, ``--loop uvloop``) and both
+implementations (``--impl streams``, ``--impl protocol``); every client scenario on both
+loops. Misbehaving servers (one that hangs up mid-reply, answers garbage or never
+answers) are small blocking-socket fakes in a thread, so the client is tested against
+exactly the failure it must report. The interactive client runs in a real pseudo-terminal
+(pexpect). Nothing waits by sleeping: processes announce readiness (the ready line, the
+prompt, a fake server's event) and every wait is bounded by ``TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from typing import IO
+
+import pexpect
+import pytest
+from support import (
+    PYTHON,
+    ROOT,
+    TIMEOUT,
+    ServerProcess,
+    echo_server_argv,
+    parse_ready_line,
+    running_server,
+    start_server,
+)
+
+import echo_client
+import echo_server
+
+LOOPS = ("asyncio", "uvloop")
+IMPLS = ("streams", "protocol")
+CLIENT = [PYTHON, str(ROOT / "echo_client.py")]
+CLIENT_PROGRAM = "echoverse-client"
+SERVER_PROGRAM = "echoverse-server"
+PROMPT = "Enter your input: "
+
+# Addresses from the documentation ranges (RFC 5737, RFC 3849), on no interface of the
+# test machine: binding to them fails in the kernel, and no packet is ever sent.
+UNASSIGNED_HOSTS = ("203.0.113.7", "2001:db8::7")
+
+SERVER_PARAMS = [
+    pytest.param((loop, impl), id=f"{loop}-{impl}") for loop in LOOPS for impl in IMPLS
+]
+
+Handler = Callable[["FakeConnection"], None]
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def server_argv(loop: str, impl: str, *extra: str) -> list[str]:
+    return echo_server_argv("--loop", loop, "--impl", impl, *extra)
+
+
+def run_client(
+    port: int,
+    *args: str | bytes,
+    loop: str = "asyncio",
+    host: str = "127.0.0.1",
+    stdin: bytes = b"",
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the client to completion (stdin a pipe, so never interactive)."""
+    argv: list[str | bytes] = [*CLIENT, "--host", host, "--port", str(port), "--loop", loop]
+    return subprocess.run(
+        [*argv, *args], input=stdin, capture_output=True, timeout=TIMEOUT, cwd=ROOT
+    )
+
+
+def reversed_line(message: bytes) -> bytes:
+    """The bytes of the client's second line when the message arrived in one batch."""
+    return b"".join(message[i : i + 20][::-1] for i in range(0, len(message), 20))
+
+
+def shown(data: bytes) -> bytes:
+    """What the client prints for these bytes: UTF-8, undecodable bytes as \\xNN."""
+    return data.decode("utf-8", "backslashreplace").encode("utf-8")
+
+
+def expected_output(*messages: bytes) -> bytes:
+    """Two lines per message: the echo and the reversed text."""
+    return b"".join(shown(m) + b"\n" + shown(reversed_line(m)) + b"\n" for m in messages)
+
+
+def assert_ok(result: subprocess.CompletedProcess[bytes], *messages: bytes) -> None:
+    assert (result.returncode, result.stderr) == (0, b""), result.stderr.decode()
+    assert result.stdout == expected_output(*messages)
+
+
+def assert_one_line_error(stderr: bytes | str, program: str, *fragments: str) -> str:
+    """stderr is exactly one line, ``program: ...``, with no traceback; returns it."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    lines = text.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{text}"
+    assert "Traceback" not in text
+    assert lines[0].startswith(f"{program}: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_client_failed(result: subprocess.CompletedProcess[bytes], *fragments: str) -> str:
+    assert result.returncode == 1, (result.returncode, result.stderr.decode())
+    return assert_one_line_error(result.stderr, CLIENT_PROGRAM, *fragments)
+
+
+def connect(address: tuple[str, int]) -> socket.socket:
+    sock = socket.create_connection(address, timeout=TIMEOUT)
+    sock.settimeout(TIMEOUT)
+    return sock
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def readline_within(pipe: IO[bytes], timeout: float = TIMEOUT) -> bytes:
+    """One line from a child's pipe, or b"" if none comes within ``timeout``."""
+    box: list[bytes] = []
+    reader = threading.Thread(target=lambda: box.append(pipe.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return box[0] if box else b""
+
+
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class FakeConnection:
+    """What a fake server's handler gets: the accepted socket and two signals."""
+
+    sock: socket.socket
+    # Set by the handler once it has played its part (read the message, say), so the
+    # test knows where the client is without sleeping.
+    reached: threading.Event = field(default_factory=threading.Event)
+    # Set by the test when it is done: a handler that holds the connection waits for it.
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def hold(self) -> None:
+        self.reached.set()
+        self.released.wait(TIMEOUT)
+
+
+@contextmanager
+def fake_server(handler: Handler) -> Iterator[tuple[int, threading.Event]]:
+    """A one-connection server on 127.0.0.1 running ``handler`` in a thread.
+
+    Yields (port, reached). The connection closes when the handler returns.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(TIMEOUT)
+    reached, released = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return
+        with sock:
+            sock.settimeout(TIMEOUT)
+            handler(FakeConnection(sock, reached, released))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], reached
+    finally:
+        released.set()
+        listener.close()
+        thread.join(TIMEOUT)
+
+
+# --- fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=SERVER_PARAMS)
+def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """One server per loop and implementation, shared by the exchange tests."""
+    loop, impl = request.param
+    with running_server(server_argv(loop, impl)) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def plain_server() -> Iterator[ServerProcess]:
+    """The default server, for tests about the client."""
+    with running_server(echo_server_argv("--loop", "asyncio")) as process:
+        yield process
+
+
+@pytest.fixture(params=LOOPS)
+def client_loop(request: pytest.FixtureRequest) -> str:
+    loop: str = request.param
+    return loop
+
+
+# --- the server: ready line -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("loop", "impl"), [p.values[0] for p in SERVER_PARAMS], ids=str)
+def test_ready_line_is_the_only_stdout(loop: str, impl: str) -> None:
+    server = start_server(server_argv(loop, impl))
+    try:
+        assert re.fullmatch(
+            rf"echoverse listening on 127\.0\.0\.1:\d+ \(loop: {loop}\)", server.ready_line
+        )
+        assert server.port > 0
+        assert server.loop == loop
+    finally:
+        assert server.stop() == 0
+    assert server.process.stdout is not None
+    assert server.process.stdout.read() == b""
+
+
+def test_loop_auto_is_uvloop() -> None:
+    with running_server(echo_server_argv("--loop", "auto")) as server:
+        assert server.loop == "uvloop"
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("loop", LOOPS)
+def test_ipv6_ready_line_and_exchange(loop: str) -> None:
+    with running_server(echo_server_argv("--host", "::1", "--loop", loop)) as server:
+        assert re.fullmatch(
+            rf"echoverse listening on \[::1\]:{server.port} \(loop: {loop}\)", server.ready_line
+        )
+        assert parse_ready_line(server.ready_line)[0] == "::1"
+        result = run_client(server.port, "-m", "hello", loop=loop, host="::1")
+        assert_ok(result, b"hello")
+
+
+# --- the server and the client: exchanges ---------------------------------------------
+
+
+def test_exchange(server: ServerProcess) -> None:
+    result = run_client(server.port, "-m", "hello", "-m", "world", loop=server.loop)
+    assert_ok(result, b"hello", b"world")
+
+
+def test_over_ends_the_session(server: ServerProcess) -> None:
+    """The client stops after `over` (later messages are never sent) and exits 0."""
+    result = run_client(server.port, "-m", "hi", "-m", "over", "-m", "never", loop=server.loop)
+    assert_ok(result, b"hi", b"over")
+
+
+def test_over_closes_the_connection(server: ServerProcess) -> None:
+    """On the wire: `over`, `revo`, then end of stream; bytes sent later are not answered."""
+    with closing(connect(server.address)) as sock:
+        sock.sendall(b"hello")
+        assert recv_exactly(sock, 10) == b"helloolleh"
+        sock.sendall(b"over")
+        assert recv_exactly(sock, 8) == b"overrevo"
+        assert sock.recv(1) == b""
+
+
+def test_over_inside_a_message_closes_nothing(server: ServerProcess) -> None:
+    result = run_client(
+        server.port, "-m", "overtime", "-m", "OVER", "-m", "game over", "-m", "x", loop=server.loop
+    )
+    assert_ok(result, b"overtime", b"OVER", b"game over", b"x")
+
+
+def test_24_bytes_ending_in_over_close(server: ServerProcess) -> None:
+    """20 + 4: `over` is a chunk of its own, so the server closes and the client stops."""
+    message = b"x" * 20 + b"over"
+    result = run_client(server.port, "-m", message, "-m", "never", loop=server.loop)
+    assert_ok(result, message)
+
+
+def test_messages_over_20_bytes_stay_in_step(server: ServerProcess) -> None:
+    """26 bytes are 20 + 6; the next message's reply is its own, not the previous tail."""
+    long = b"abcdefghijklmnopqrstuvwxyz"
+    longer = bytes(range(65, 91)) * 10
+    result = run_client(
+        server.port, "-m", long, "-m", "second", "-m", longer, "-m", "x", loop=server.loop
+    )
+    assert_ok(result, long, b"second", longer, b"x")
+    assert result.stdout.split(b"\n")[1] == b"tsrqponmlkjihgfedcbazyxwvu"
+
+
+def test_binary_and_non_utf8_input(server: ServerProcess) -> None:
+    """Every byte value but the line break, one message from a pipe; NUL included."""
+    every_byte = bytes(value for value in range(256) if value != 0x0A)
+    utf8 = "héllo wörld ✓".encode()
+    messages = [b"a\x00b", b"\xff\xfe\xfd", utf8, every_byte]
+    result = run_client(server.port, loop=server.loop, stdin=b"\n".join(messages) + b"\n")
+    assert_ok(result, *messages)
+    lines = result.stdout.split(b"\n")
+    assert lines[2:4] == [b"\\xff\\xfe\\xfd", b"\\xfd\\xfe\\xff"]
+    # Reversal is per byte: é and ö come back as undecodable pairs in the second line.
+    assert lines[4] == utf8
+    assert b"\\xa9\\xc3" in lines[5]
+
+
+def test_non_utf8_argument(server: ServerProcess) -> None:
+    """-m takes bytes too: argv decodes with surrogateescape, the client encodes back."""
+    result = run_client(server.port, "-m", b"\xffhi\x80", loop=server.loop)
+    assert_ok(result, b"\xffhi\x80")
+    assert result.stdout == b"\\xffhi\\x80\n\\x80ih\\xff\n"
+
+
+def test_pipe_mode(server: ServerProcess) -> None:
+    """One message per line: empty lines skipped, CRLF stripped, nothing after `over`."""
+    stdin = b"hello\n\n\r\nworld\r\nover\nnever sent\n"
+    result = run_client(server.port, loop=server.loop, stdin=stdin)
+    assert_ok(result, b"hello", b"world", b"over")
+
+
+def test_pipe_mode_end_of_input_without_newline(server: ServerProcess) -> None:
+    result = run_client(server.port, loop=server.loop, stdin=b"one\ntwo")
+    assert_ok(result, b"one", b"two")
+
+
+def test_empty_input(server: ServerProcess) -> None:
+    result = run_client(server.port, loop=server.loop, stdin=b"")
+    assert_ok(result)
+
+
+def test_clients_at_once(server: ServerProcess) -> None:
+    """Several clients, each in its own process, served side by side."""
+    processes = [
+        subprocess.Popen(
+            [*CLIENT, "--port", str(server.port), "--loop", server.loop],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        for _ in range(4)
+    ]
+    messages = [f"client {n} says hello to everyone here".encode() for n in range(4)]
+    outputs = [
+        process.communicate(message + b"\n", timeout=TIMEOUT)
+        for process, message in zip(processes, messages, strict=True)
+    ]
+    for process, message, (stdout, stderr) in zip(processes, messages, outputs, strict=True):
+        assert (process.returncode, stderr) == (0, b"")
+        assert stdout == expected_output(message)
+
+
+# --- the server: stopping and failing -------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(("loop", "impl"), [p.values[0] for p in SERVER_PARAMS], ids=str)
+def test_signal_with_clients_connected(loop: str, impl: str, sig: signal.Signals) -> None:
+    """Stop with open connections: they see the close, the server exits 0 with a summary."""
+    server = start_server(server_argv(loop, impl))
+    sockets: list[socket.socket] = []
+    client = subprocess.Popen(
+        [*CLIENT, "--port", str(server.port), "--loop", loop],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert client.stdin is not None
+    assert client.stdout is not None
+    try:
+        for _ in range(3):
+            sock = connect(server.address)
+            sockets.append(sock)
+            sock.sendall(b"hello")
+            assert recv_exactly(sock, 10) == b"helloolleh"
+        client.stdin.write(b"ping\n")
+        client.stdin.flush()
+        assert readline_within(client.stdout) == b"ping\n"
+        assert readline_within(client.stdout) == b"gnip\n"
+
+        assert server.stop(sig) == 0
+
+        for sock in sockets:
+            assert sock.recv(1) == b"", "the server must close open connections"
+        # The piped client learns it at its next message: one line, exit 1.
+        _, stderr = client.communicate(b"again\n", timeout=TIMEOUT)
+        assert client.returncode == 1, stderr.decode()
+        assert_one_line_error(stderr, CLIENT_PROGRAM, "closed")
+    finally:
+        for sock in sockets:
+            sock.close()
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+    summary = server.stderr_text()
+    assert "Traceback" not in summary
+    lines = summary.splitlines()
+    assert len(lines) == 1, summary
+    match = re.search(r"(\d+) connections served, (\d+) bytes in, (\d+) bytes out", lines[0])
+    assert match is not None, lines[0]
+    assert [int(n) for n in match.groups()] == [4, 3 * 5 + 4, 3 * 10 + 8]
+
+
+@pytest.mark.parametrize(("loop", "impl"), [p.values[0] for p in SERVER_PARAMS], ids=str)
+def test_busy_port(loop: str, impl: str) -> None:
+    with running_server(server_argv(loop, impl)) as first:
+        second = subprocess.run(
+            [*server_argv(loop, impl)[:-2], "--port", str(first.port)],
+            capture_output=True,
+            timeout=TIMEOUT,
+            cwd=ROOT,
+        )
+        assert second.returncode == 1
+        assert second.stdout == b""
+        assert_one_line_error(second.stderr, SERVER_PROGRAM, str(first.port))
+        # The first server is unharmed.
+        assert_ok(run_client(first.port, "-m", "still here", loop=loop), b"still here")
+
+
+@pytest.mark.parametrize("host", UNASSIGNED_HOSTS)
+@pytest.mark.parametrize(("loop", "impl"), [p.values[0] for p in SERVER_PARAMS], ids=str)
+def test_bad_host(loop: str, impl: str, host: str) -> None:
+    result = subprocess.run(
+        server_argv(loop, impl, "--host", host), capture_output=True, timeout=TIMEOUT, cwd=ROOT
+    )
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert_one_line_error(result.stderr, SERVER_PROGRAM, host)
+
+
+# --- the client against servers that misbehave ----------------------------------------
+
+
+def test_unreachable_server(client_loop: str) -> None:
+    """A port bound but not listening on 127.0.0.1 refuses the connection."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        result = run_client(port, "-m", "hello", loop=client_loop)
+    assert result.stdout == b""
+    line = assert_client_failed(result, f"127.0.0.1:{port}")
+    assert "refused" in line.lower()
+
+
+def half_reply(conn: FakeConnection) -> None:
+    """Reads the message, sends half its reply, hangs up."""
+    assert recv_exactly(conn.sock, 5) == b"hello"
+    conn.sock.sendall(b"hello")
+
+
+def close_at_once(conn: FakeConnection) -> None:
+    """Hangs up without reading (the client's bytes may then earn it a reset)."""
+
+
+def garbage_reply(conn: FakeConnection) -> None:
+    """A reply of the right length whose second half is not reversed; then waits."""
+    assert recv_exactly(conn.sock, 5) == b"hello"
+    conn.sock.sendall(b"hellohello")
+    conn.hold()
+
+
+def swapped_reply(conn: FakeConnection) -> None:
+    """The reversal first, then the echo; then waits."""
+    assert recv_exactly(conn.sock, 5) == b"hello"
+    conn.sock.sendall(b"ollehhello")
+    conn.hold()
+
+
+def close_after_first(conn: FakeConnection) -> None:
+    """Answers the first message properly, then hangs up."""
+    assert recv_exactly(conn.sock, 5) == b"hello"
+    conn.sock.sendall(b"helloolleh")
+
+
+@pytest.mark.parametrize(
+    ("handler", "fragments"),
+    [
+        (half_reply, ("closed", "5 of 10")),
+        (close_at_once, ("closed",)),
+        (garbage_reply, ("invalid reply",)),
+        (swapped_reply, ("invalid reply",)),
+    ],
+    ids=["half-reply", "close-at-once", "garbage", "swapped-halves"],
+)
+def test_server_misbehaves(client_loop: str, handler: Handler, fragments: Sequence[str]) -> None:
+    with fake_server(handler) as (port, _):
+        result = run_client(port, "-m", "hello", loop=client_loop)
+    assert result.stdout == b""
+    assert_client_failed(result, *fragments)
+
+
+def test_server_gone_between_messages(client_loop: str) -> None:
+    """The first reply is complete, the second never comes: one line, exit 1."""
+    with fake_server(close_after_first) as (port, _):
+        result = run_client(port, "-m", "hello", "-m", "again", loop=client_loop)
+    assert result.stdout == b"hello\nolleh\n"
+    assert_client_failed(result, "closed")
+
+
+def never_answer(conn: FakeConnection) -> None:
+    """Reads the message and keeps the connection open without a word."""
+    assert recv_exactly(conn.sock, 5) == b"hello"
+    conn.hold()
+
+
+def test_timeout_when_the_server_never_answers(client_loop: str) -> None:
+    with fake_server(never_answer) as (port, _):
+        result = run_client(port, "--timeout", "0.3", "-m", "hello", loop=client_loop)
+    assert result.stdout == b""
+    assert_client_failed(result, "0.3 s", "0 of 10")
+
+
+def test_ctrl_c_while_waiting_for_a_reply(client_loop: str) -> None:
+    """SIGINT mid-exchange (piped input): exit 130, no traceback."""
+    with fake_server(never_answer) as (port, received):
+        client = subprocess.Popen(
+            [*CLIENT, "--port", str(port), "--loop", client_loop, "-m", "hello"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert received.wait(TIMEOUT), "the client never sent its message"
+        client.send_signal(signal.SIGINT)
+        stdout, stderr = client.communicate(timeout=TIMEOUT)
+    assert client.returncode == 130
+    assert stdout == b""
+    assert b"Traceback" not in stderr
+    assert stderr.strip() == b""
+
+
+# --- the interactive client in a pseudo-terminal --------------------------------------
+
+
+def spawn_client(port: int, loop: str, *extra: str) -> pexpect.spawn:
+    child = pexpect.spawn(
+        PYTHON,
+        [*CLIENT[1:], "--port", str(port), "--loop", loop, *extra],
+        cwd=str(ROOT),
+        timeout=TIMEOUT,
+        encoding="utf-8",
+    )
+    child.expect_exact(PROMPT)
+    return child
+
+
+def finish(child: pexpect.spawn) -> tuple[int | None, str]:
+    """Wait for the child to end: (exit status, everything it printed since the last match)."""
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus, child.before
+
+
+def test_interactive_session(plain_server: ServerProcess, client_loop: str) -> None:
+    child = spawn_client(plain_server.port, client_loop)
+    child.sendline("hello")
+    child.expect_exact("hello\r\nolleh\r\n" + PROMPT)
+    child.sendline("abcdefghijklmnopqrstuvwxyz")
+    child.expect_exact("abcdefghijklmnopqrstuvwxyz\r\ntsrqponmlkjihgfedcbazyxwvu\r\n" + PROMPT)
+    child.sendline("")  # an empty line is skipped: straight back to the prompt
+    child.expect_exact(PROMPT)
+    child.sendline("héllo")
+    child.expect_exact("héllo\r\noll\\xa9\\xc3h\r\n" + PROMPT)
+    child.sendline("over")
+    child.expect_exact("over\r\nrevo\r\n")
+    status, rest = finish(child)
+    assert status == 0
+    assert PROMPT not in rest
+    assert "Traceback" not in rest
+
+
+def test_interactive_ctrl_d(plain_server: ServerProcess, client_loop: str) -> None:
+    child = spawn_client(plain_server.port, client_loop)
+    child.sendline("hi")
+    child.expect_exact("hi\r\nih\r\n" + PROMPT)
+    child.sendeof()
+    status, rest = finish(child)
+    assert status == 0
+    assert "Traceback" not in rest
+
+
+def test_interactive_ctrl_c_at_the_prompt(plain_server: ServerProcess, client_loop: str) -> None:
+    child = spawn_client(plain_server.port, client_loop)
+    child.sendintr()
+    status, rest = finish(child)
+    assert status == 130
+    assert "Traceback" not in rest
+    assert "KeyboardInterrupt" not in rest
+
+
+def test_interactive_ctrl_c_while_waiting(client_loop: str) -> None:
+    with fake_server(never_answer) as (port, received):
+        child = spawn_client(port, client_loop, "--timeout", str(TIMEOUT * 3))
+        child.sendline("hello")
+        assert received.wait(TIMEOUT), "the client never sent its message"
+        child.sendintr()
+        status, rest = finish(child)
+    assert status == 130
+    assert "Traceback" not in rest
+
+
+# --- command lines --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["echo_server.py", "--port", "abc"],
+        ["echo_server.py", "--impl", "nope"],
+        ["echo_client.py", "--timeout", "0"],
+        ["echo_client.py", "--loop", "nope", "-m", "x"],
+    ],
+    ids=["server-port", "server-impl", "client-timeout", "client-loop"],
+)
+def test_bad_flags_exit_2(argv: list[str]) -> None:
+    result = subprocess.run(
+        [PYTHON, *argv], capture_output=True, timeout=TIMEOUT, cwd=ROOT, stdin=subprocess.DEVNULL
+    )
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert b"Traceback" not in result.stderr
+    assert b"error:" in result.stderr
+
+
+MAINS = {"server": echo_server.main, "client": echo_client.main}
+
+
+@pytest.mark.parametrize("script", MAINS)
+def test_main_help(script: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        MAINS[script](["--help"])
+    assert exit_info.value.code == 0
+    # Joined into one line: argparse wraps help to the terminal's width.
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith("usage:")
+    for flag in ("--host", "--port", "--loop"):
+        assert flag in out
+    assert "(default: 127.0.0.1)" in out
+
+
+@pytest.mark.parametrize(
+    ("script", "argv"),
+    [
+        ("server", ["--bogus"]),
+        ("server", ["--port", "65536"]),
+        ("server", ["--port", "-1"]),
+        ("server", ["--loop", "nope"]),
+        ("server", ["--log-level", "loud"]),
+        ("server", ["--shutdown-timeout", "0"]),
+        ("client", ["--bogus"]),
+        ("client", ["--port", "x"]),
+        ("client", ["--timeout", "-1"]),
+        ("client", ["--timeout", "nan"]),
+        ("client", ["-m"]),
+    ],
+)
+def test_main_bad_flags(script: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        MAINS[script](argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err
+    assert "Traceback" not in err
