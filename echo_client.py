@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import ssl
 import sys
@@ -93,14 +94,23 @@ async def close_stream(stream: IOStream, timeout: float | None) -> None:
 
 
 def interactive_messages() -> Iterator[bytes]:
-    """Lines typed at the seed's prompt, until Ctrl-D."""
+    """Lines typed at the seed's prompt, until Ctrl-D; the bytes as typed.
+
+    Python decodes a terminal strictly (outside the C locale), so typed bytes that are
+    not valid in its encoding would end the session with a UnicodeDecodeError. They are
+    decoded with ``surrogateescape`` and encoded back the same way: the server gets them
+    unchanged, as it does from a pipe.
+    """
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="surrogateescape")
+    encoding = sys.stdin.encoding or "utf-8"
     while True:
         try:
             line = input(PROMPT)
         except EOFError:
             print()
             return
-        yield os.fsencode(line)
+        yield line.encode(encoding, "surrogateescape")
 
 
 def piped_messages(lines: Iterable[bytes]) -> Iterator[bytes]:
@@ -200,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _, factory = cli.resolve_loop(parser, args.loop)
+    # Replies are only shown: a character the terminal's encoding lacks is shown as an
+    # escape, as undecodable bytes are, instead of ending in a UnicodeEncodeError.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     if args.messages is not None:
         messages: Iterable[bytes] = (os.fsencode(text) for text in args.messages)
     elif sys.stdin.isatty():
