@@ -11,6 +11,7 @@ prompt, a fake server's event) and every wait is bounded by ``TIMEOUT``.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -338,6 +339,41 @@ def test_empty_input(server: ServerProcess) -> None:
     assert_ok(result)
 
 
+def test_output_the_terminal_cannot_encode(plain_server: ServerProcess) -> None:
+    """An ASCII-only stdout shows é as an escape rather than failing mid-session."""
+    result = subprocess.run(
+        [*CLIENT, "--port", str(plain_server.port), "-m", "héllo"],
+        capture_output=True,
+        timeout=TIMEOUT,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout == b"h\\xe9llo\noll\\xa9\\xc3h\n"
+
+
+def test_output_closed_early(plain_server: ServerProcess) -> None:
+    """Output piped into `head`: the client ends quietly with 141, as SIGPIPE would."""
+    client = subprocess.Popen(
+        [*CLIENT, "--port", str(plain_server.port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert client.stdin is not None
+    assert client.stdout is not None
+    client.stdin.write(b"hello\n")
+    client.stdin.flush()
+    assert readline_within(client.stdout) == b"hello\n"
+    client.stdout.close()
+    client.stdin.write(b"world\n" * 10)
+    client.stdin.close()
+    assert client.wait(TIMEOUT) == 141
+    assert client.stderr is not None
+    assert client.stderr.read() == b""
+
+
 def test_clients_at_once(server: ServerProcess) -> None:
     """Several clients, each in its own process, served side by side."""
     processes = [
@@ -582,6 +618,29 @@ def test_interactive_session(plain_server: ServerProcess, client_loop: str) -> N
     assert status == 0
     assert PROMPT not in rest
     assert "Traceback" not in rest
+
+
+def test_interactive_bytes_the_terminal_cannot_decode(
+    plain_server: ServerProcess, client_loop: str
+) -> None:
+    """Typed bytes that are not UTF-8 reach the server unchanged, even where Python
+    decodes the terminal strictly (any locale but C; forced here as the C locale is
+    what the test machine has)."""
+    child = pexpect.spawn(
+        PYTHON,
+        [*CLIENT[1:], "--port", str(plain_server.port), "--loop", client_loop],
+        cwd=str(ROOT),
+        timeout=TIMEOUT,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+    )
+    child.expect_exact(PROMPT.encode())
+    child.send(b"a\xffb\xc3\r")
+    child.expect_exact(b"a\\xffb\\xc3\r\n\\xc3b\\xffa\r\n" + PROMPT.encode())
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert b"Traceback" not in child.before
 
 
 def test_interactive_ctrl_d(plain_server: ServerProcess, client_loop: str) -> None:
