@@ -23,9 +23,10 @@ Targets (the same words as the command lines; labels are ``target-loop``):
 * ``streams``: ``echo_server.py --impl streams``, the faithful IOStream port.
 * ``protocol``: ``echo_server.py --impl protocol``, the fast path.
 
-"CPU per round trip" is the server process's own CPU time (``/proc/PID/stat`` utime +
-stime) over the measured window divided by the round trips completed in it: what one
-exchange costs the server, whatever the load generator managed.
+"CPU per round trip" is the server process's own CPU time over the measured window (the
+scheduler's run time of its threads, ``/proc/PID/task/*/schedstat``: what ``/proc/PID/stat``
+counts as utime + stime, without its 10 ms ticks) divided by the round trips completed in
+it: what one exchange costs the server, whatever the load generator managed.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import asyncio
 import hashlib
 import importlib.metadata
 import json
-import logging
 import os
 import platform
 import re
@@ -59,8 +59,6 @@ import loops
 from protocol import CHUNK_SIZE, CLOSE_CHUNK, ProtocolError, split_reply
 
 __all__ = ["main"]
-
-log = logging.getLogger("echoverse.bench")
 
 PROGRAM = "bench.py"
 ROOT = Path(__file__).resolve().parent
@@ -407,6 +405,10 @@ def start_server(target: Target, argv: Sequence[str], *, log_dir: Path, cpu: int
         line = read_line(process.stdout, time.monotonic() + READY_TIMEOUT)
     except TimeoutError:
         line = ""
+    except BaseException:  # Ctrl-C while it starts: no server is left behind
+        process.kill()
+        process.wait()
+        raise
     match = READY_LINE.match(line.strip())
     server = Server(target, process, "", 0, line.strip(), stderr_path)
     if match is None:
@@ -702,6 +704,8 @@ class Cell:
     connections: int
     size: int
     runs: list[Run] = field(default_factory=list)
+    # Filled by summarize() once every repeat has run.
+    summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def error(self) -> str | None:
@@ -721,8 +725,12 @@ class Cell:
     def latency_median(self, key: str) -> float | None:
         return self.median(lambda run: run.latency_us.get(key))
 
-    def summary(self) -> dict[str, Any]:
-        """Medians over the repeats (None where a repeat failed: see ``error``)."""
+    def summarize(self) -> dict[str, Any]:
+        """Medians over the repeats, kept in ``summary`` (only ``error`` if one failed)."""
+        self.summary = self._medians()
+        return self.summary
+
+    def _medians(self) -> dict[str, Any]:
         if self.error is not None or not self.runs:
             return {"error": self.error or "not run", "failed": self.failed or not self.runs}
         cpu = [run.cpu_us_per_rt for run in self.runs if run.cpu_us_per_rt is not None]
@@ -748,29 +756,34 @@ class Cell:
         }
 
 
-def ratio(value: float | None, reference: float | None) -> float | None:
-    if value is None or reference is None or reference == 0:
-        return None
-    return value / reference
+def paired_ratio(
+    runs: Sequence[Run], reference: Sequence[Run], metric: Callable[[Run], float | None]
+) -> float | None:
+    """Median over the repeats of ``metric`` divided by the reference's in the same repeat.
+
+    Repeat i of every target ran within seconds of repeat i of the reference, so pairing
+    them cancels what the machine's load did between repeats.
+    """
+    ratios: list[float] = []
+    for run, ref in zip(runs, reference, strict=False):
+        value, base = metric(run), metric(ref)
+        if run.error is None and ref.error is None and value is not None and base:
+            ratios.append(value / base)
+    return statistics.median(ratios) if ratios else None
 
 
-def add_ratios(cells: Sequence[Cell], summaries: dict[int, dict[str, Any]]) -> None:
+def add_ratios(cells: Sequence[Cell]) -> None:
     """Each summary gains ``vs_c``: CPU per round trip, p50 latency and MiB/s over c's."""
-    reference: dict[tuple[int, int], dict[str, Any]] = {
-        (cell.connections, cell.size): summaries[id(cell)]
-        for cell in cells
-        if cell.target.name == "c" and summaries[id(cell)]["error"] is None
-    }
+    reference = {(cell.connections, cell.size): cell for cell in cells if cell.target.name == "c"}
     for cell in cells:
-        summary = summaries[id(cell)]
         c = reference.get((cell.connections, cell.size))
-        if summary["error"] is not None or c is None:
-            summary["vs_c"] = None
+        if cell.summary["error"] is not None or c is None or c.summary["error"] is not None:
+            cell.summary["vs_c"] = None
             continue
-        summary["vs_c"] = {
-            "cpu_us_per_rt": ratio(summary["cpu_us_per_rt"], c["cpu_us_per_rt"]),
-            "p50": ratio(summary["latency_us"]["p50"], c["latency_us"]["p50"]),
-            "mib_per_s": ratio(summary["mib_per_s"], c["mib_per_s"]),
+        cell.summary["vs_c"] = {
+            "cpu_us_per_rt": paired_ratio(cell.runs, c.runs, lambda r: r.cpu_us_per_rt),
+            "p50": paired_ratio(cell.runs, c.runs, lambda r: r.latency_us.get("p50")),
+            "mib_per_s": paired_ratio(cell.runs, c.runs, lambda r: r.mib_per_s),
         }
 
 
@@ -826,23 +839,20 @@ def issue_checks(labels: Iterable[str], points: Iterable[tuple[int, int]]) -> li
     ]
 
 
-def evaluate_checks(
-    checks: Sequence[Check], cells: Sequence[Cell], summaries: dict[int, dict[str, Any]]
-) -> list[dict[str, Any]]:
+def evaluate_checks(checks: Sequence[Check], cells: Sequence[Cell]) -> list[dict[str, Any]]:
     """Each check with its measured ratio and whether it is met (None: not measured)."""
     by_key = {(cell.target.label, cell.connections, cell.size): cell for cell in cells}
     results: list[dict[str, Any]] = []
     for check in checks:
         measured: float | None = None
         cell = by_key.get((check.label, check.connections, check.size))
-        summary = summaries.get(id(cell)) if cell else None
+        summary = cell.summary if cell else None
         if summary is not None and summary["error"] is None:
             if check.metric == "cpu_naive":
                 naive_label = check.label.replace("streams", "naive", 1)
                 naive = by_key.get((naive_label, check.connections, check.size))
-                naive_summary = summaries.get(id(naive)) if naive else None
-                if naive_summary is not None and naive_summary["error"] is None:
-                    measured = ratio(naive_summary["cpu_us_per_rt"], summary["cpu_us_per_rt"])
+                if naive is not None and cell is not None and naive.summary["error"] is None:
+                    measured = paired_ratio(naive.runs, cell.runs, lambda r: r.cpu_us_per_rt)
             elif summary["vs_c"] is not None:
                 key = {"cpu": "cpu_us_per_rt", "p50": "p50", "mib": "mib_per_s"}[check.metric]
                 measured = summary["vs_c"][key]
@@ -887,13 +897,11 @@ MATRIX_HEADERS = (
 )  # fmt: skip
 
 
-def matrix_rows(
-    cells: Sequence[Cell], summaries: dict[int, dict[str, Any]]
-) -> list[list[list[str]]]:
+def matrix_rows(cells: Sequence[Cell]) -> list[list[list[str]]]:
     """Table rows grouped in sections, one section per (connections, size)."""
     sections: dict[tuple[int, int], list[list[str]]] = {}
     for cell in sorted(cells, key=lambda c: (c.connections, c.size, c.target)):
-        s = summaries[id(cell)]
+        s = cell.summary
         head = [cell.target.label, str(cell.connections), format_size(cell.size)]
         if s["error"] is not None:
             row = head + [""] * 12 + [f"ERROR: {s['error']}" if s["failed"] else s["error"]]
@@ -1049,7 +1057,6 @@ def write_matrix_reports(
     settings: dict[str, Any],
     target_status: list[dict[str, Any]],
     cells: Sequence[Cell],
-    summaries: dict[int, dict[str, Any]],
     checks: list[dict[str, Any]],
 ) -> list[Path]:
     """bench.json, bench.md and (with matplotlib) bench.png; the paths written."""
@@ -1066,7 +1073,7 @@ def write_matrix_reports(
                 "loop": cell.target.loop,
                 "connections": cell.connections,
                 "size": cell.size,
-                **summaries[id(cell)],
+                **cell.summary,
                 "runs": [asdict(run) for run in cell.runs],
             }
             for cell in cells
@@ -1077,7 +1084,7 @@ def write_matrix_reports(
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     written = [json_path]
 
-    sections = matrix_rows(cells, summaries)
+    sections = matrix_rows(cells)
     md = [
         "# echoverse benchmark",
         "",
@@ -1114,15 +1121,13 @@ def write_matrix_reports(
     md_path.write_text("\n".join(md))
     written.append(md_path)
     when = f"{meta['date']}, {meta['cpus_online']} CPUs, {settings['pinning']}"
-    chart = write_chart(out_dir / "bench.png", cells, summaries, when)
+    chart = write_chart(out_dir / "bench.png", cells, when)
     if chart is not None:
         written.append(chart)
     return written
 
 
-def write_chart(
-    path: Path, cells: Sequence[Cell], summaries: dict[int, dict[str, Any]], subtitle: str
-) -> Path | None:
+def write_chart(path: Path, cells: Sequence[Cell], subtitle: str) -> Path | None:
     """Round trips/s and CPU per round trip per cell, one bar per target; None without
     matplotlib."""
     try:
@@ -1138,7 +1143,7 @@ def write_chart(
         return None
     points = sorted({(cell.connections, cell.size) for cell in cells})
     targets = sorted({cell.target for cell in cells}, key=lambda t: (TARGETS.index(t.name), t.loop))
-    by_key = {(cell.target, cell.connections, cell.size): summaries[id(cell)] for cell in cells}
+    by_key = {(cell.target, cell.connections, cell.size): cell.summary for cell in cells}
     figure, axes = plt.subplots(2, 1, figsize=(max(9.0, 1.3 * len(points) + 4), 9), sharex=True)
     width = 0.8 / max(1, len(targets))
     # One hue per implementation, lighter for each further loop.
@@ -1276,9 +1281,10 @@ def command_run(args: argparse.Namespace) -> int:
     meta["loadavg_end"] = load_average()
 
     ordered = list(cells.values())
-    summaries = {id(cell): cell.summary() for cell in ordered}
-    add_ratios(ordered, summaries)
-    checks = evaluate_checks(issue_checks((t.label for t in targets), points), ordered, summaries)
+    for cell in ordered:
+        cell.summarize()
+    add_ratios(ordered)
+    checks = evaluate_checks(issue_checks((t.label for t in targets), points), ordered)
     target_status = []
     for target in targets:
         exit_status = exit_statuses.get(target)
@@ -1309,7 +1315,7 @@ def command_run(args: argparse.Namespace) -> int:
         "pinning": pinning.note,
         "primed": True,
     }
-    sections = matrix_rows(ordered, summaries)
+    sections = matrix_rows(ordered)
     print_table(
         f"echoverse benchmark — {describe_machine(meta)}",
         MATRIX_HEADERS,
@@ -1331,7 +1337,6 @@ def command_run(args: argparse.Namespace) -> int:
         settings=settings,
         target_status=target_status,
         cells=ordered,
-        summaries=summaries,
         checks=checks,
     )
     print("wrote " + ", ".join(str(path) for path in written))
