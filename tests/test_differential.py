@@ -27,6 +27,7 @@ own quirks (``FACTS.md``, "Quirks not to copy") are worked around in its adapter
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import socket
@@ -72,6 +73,32 @@ DIVERGENCES: dict[str, str] = {
         "mark; Tornado's once they reached the kernel. A write into a connection the peer "
         "has reset may succeed in the port and fail in Tornado: the failure shows on the "
         "port's next operation. Not generated (see end-seen-while-idle)."
+    ),
+    "close-sends-queued-writes": (
+        "close() with written bytes the kernel could not take yet: the port still sends "
+        "them, then the end of stream (asyncio's transport.close() flushes); Tornado drops "
+        "them. Pending write futures fail with StreamClosedError in both. Not generated: "
+        "the remote reads every write at once."
+    ),
+    "max-buffer-size-granularity": (
+        "Tornado checks max_buffer_size after each socket read of at most 64 KiB (or "
+        "max_buffer_size / 2) and before it looks at the bytes; the port lets the waiting "
+        "read look first, at whatever batch asyncio delivered. So a read completed by the "
+        "very bytes that overflow fails in Tornado and succeeds in the port. Not generated "
+        "(the default limit is 100 MiB); test_iostream covers the port's rule."
+    ),
+}
+
+# Tornado's bugs (FACTS.md, "Quirks not to copy"): its adapter works around them in the
+# property test, and test_tornado_quirk_not_copied shows each one, and the port without.
+TORNADO_QUIRKS: dict[str, str] = {
+    "stale-pending-read": (
+        "A read that fails at once on a closed stream stays pending, so every later read "
+        "raises StreamClosedError, even one the buffered bytes could serve."
+    ),
+    "lingering-criteria": (
+        "A failed read's delimiter and max_bytes stay set and are checked by the next read: "
+        "a read_bytes() can then raise UnsatisfiableReadError itself, unwrapped."
     ),
 }
 
@@ -164,6 +191,16 @@ class RemoteExpectEnd:
     """The remote reads: after our close it must see the end of stream."""
 
 
+@dataclass(frozen=True)
+class WriteThenClose:
+    """Write ``size`` bytes the remote is not reading, close, then the remote reads all.
+
+    Only in the fixed sequences that show ``DIVERGENCES["close-sends-queued-writes"]``.
+    """
+
+    size: int
+
+
 RemoteOp: TypeAlias = RemoteWrite | RemoteShutdown | RemoteClose | RemoteAbort
 
 
@@ -183,7 +220,14 @@ class ReadThenClose:
 
 
 Op: TypeAlias = (
-    Read | LocalWrite | LocalClose | RemoteOp | RemoteExpectEnd | ReadPending | ReadThenClose
+    Read
+    | LocalWrite
+    | LocalClose
+    | RemoteOp
+    | RemoteExpectEnd
+    | ReadPending
+    | ReadThenClose
+    | WriteThenClose
 )
 
 # What an operation gave: ("ok",), ("ok", data), ("raise", type, real_error type),
@@ -284,6 +328,8 @@ class Model:
             outcome = ("ok", b"") if op.read.kind == "close" else raised(None)
             self._close_locally()
             return outcome
+        if isinstance(op, WriteThenClose):
+            raise AssertionError("never generated: its outcome differs by design")
         return self.read(op)
 
     def read(self, read: Read) -> Outcome:
@@ -460,7 +506,8 @@ def read_operations(draw: st.DrawFn, model: Model) -> Op | None:
         if trial.verdict(read)[0] != "wait":
             break
     if trial.verdict(read)[0] == "wait":
-        end: RemoteOp = draw(st.sampled_from((RemoteShutdown(), RemoteClose(), RemoteAbort())))
+        ends: tuple[RemoteOp, ...] = (RemoteShutdown(), RemoteClose(), RemoteAbort())
+        end = draw(st.sampled_from(ends))
         then.append(end)
         trial.apply(end)
     return ReadPending(finish_read(read, trial), tuple(then))
@@ -511,8 +558,9 @@ class Side:
 
 
 class TornadoSide(Side):
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, work_around_quirks: bool = True) -> None:
         self.stream = tornado.iostream.IOStream(sock)
+        self.work_around_quirks = work_around_quirks
 
     async def read(self, read: Read) -> bytes:
         stream = self.stream
@@ -538,6 +586,8 @@ class TornadoSide(Side):
         # (close() on a closed stream only fails the stale read); and the failed read's
         # search criteria linger into the next read. Every failed read leaves Tornado's
         # stream closed, so this changes nothing else.
+        if not self.work_around_quirks:
+            return
         stream: Any = self.stream
         stream.close()
         stream._read_bytes = stream._read_delimiter = stream._read_regex = None
@@ -577,6 +627,10 @@ SideFactory = Callable[[socket.socket], Coroutine[Any, Any, Side]]
 
 async def tornado_side(sock: socket.socket) -> Side:
     return TornadoSide(sock)
+
+
+async def tornado_side_as_is(sock: socket.socket) -> Side:
+    return TornadoSide(sock, work_around_quirks=False)
 
 
 async def port_side(sock: socket.socket) -> Side:
@@ -636,6 +690,8 @@ class Harness:
         if isinstance(op, LocalClose):
             self.side.close()
             return OK
+        if isinstance(op, WriteThenClose):
+            return await self.write_then_close(op.size)
         return await self.remote_op(op)
 
     async def start(self, coro: Coroutine[Any, Any, Outcome]) -> asyncio.Task[Outcome]:
@@ -681,6 +737,30 @@ class Harness:
         got = await received
         return OK if got == data else ("remote-received", _short(got))
 
+    async def write_then_close(self, size: int) -> Outcome:
+        data = bytes(range(256)) * (size // 256)
+        try:
+            written = self.side.write(data)
+        except Exception as error:
+            return ("write", describe(error))
+        self.side.close()
+        got = await self.receive_all()
+        try:
+            await written
+            write_outcome = OK
+        except Exception as error:
+            write_outcome = describe(error)
+        return ("write", write_outcome, "remote got", "all" if got == data else "part")
+
+    async def receive_all(self) -> bytes:
+        """Everything the remote can read until the end of stream or a reset."""
+        assert self.remote is not None
+        chunks: list[bytes] = []
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await self.loop.sock_recv(self.remote, 65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
     async def receive(self, size: int) -> bytes:
         if self.remote is None:
             return b""
@@ -722,9 +802,21 @@ class Harness:
             self.remote.close()
 
 
-async def run_scenario(make_side: SideFactory, ops: Sequence[Op]) -> list[Outcome]:
+# Kernel buffers for the sequences that need the kernel to be full: set explicitly, they
+# stop Linux growing them (up to tens of MiB on loopback), so a few MiB overflow them.
+SMALL_BUFFER = 64 * 1024
+
+
+async def run_scenario(
+    make_side: SideFactory, ops: Sequence[Op], *, small_buffers: bool = False
+) -> list[Outcome]:
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        local = socket.create_connection(listener.getsockname()[:2])
+        local = socket.socket()
+        if small_buffers:
+            # Accepted sockets inherit the listener's receive buffer.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+            local.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+        local.connect(listener.getsockname()[:2])
         remote, _ = listener.accept()
     local.setblocking(False)
     remote.setblocking(False)
@@ -739,9 +831,11 @@ async def run_scenario(make_side: SideFactory, ops: Sequence[Op]) -> list[Outcom
             await harness.finish()
 
 
-def run_on(loop_name: str, make_side: SideFactory, ops: Sequence[Op]) -> list[Outcome]:
+def run_on(
+    loop_name: str, make_side: SideFactory, ops: Sequence[Op], *, small_buffers: bool = False
+) -> list[Outcome]:
     with asyncio.Runner(loop_factory=loops.loop_factory(loop_name)) as runner:
-        return runner.run(run_scenario(make_side, ops))
+        return runner.run(run_scenario(make_side, ops, small_buffers=small_buffers))
 
 
 def report(ops: Sequence[Op], **columns: Sequence[Outcome]) -> str:
@@ -775,3 +869,119 @@ def test_port_matches_tornado(loop_name: str, scenario: Scenario) -> None:
     )
     assert port_outcomes == tornado_outcomes, "the port differs from Tornado:\n" + table
     assert tornado_outcomes == scenario.expected, "both differ from the model:\n" + table
+
+
+# --- each named difference, shown on a fixed sequence -------------------------------------
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One entry of DIVERGENCES or TORNADO_QUIRKS, and what each side gives.
+
+    The sequences may differ per side where one of them would wait forever.
+    """
+
+    tornado_ops: tuple[Op, ...]
+    tornado: tuple[Outcome, ...]
+    port_ops: tuple[Op, ...]
+    port: tuple[Outcome, ...]
+    small_buffers: bool = False
+
+
+def same_ops(
+    ops: tuple[Op, ...], *, tornado: tuple[Outcome, ...], port: tuple[Outcome, ...]
+) -> Difference:
+    return Difference(ops, tornado, ops, port)
+
+
+ROUND_TRIP = LocalWrite(b"x")  # the remote reads it: the port's loop has read what came before
+
+DIFFERENCES: dict[str, Difference] = {
+    # Bytes that arrived before close() but that no read had asked for.
+    "unread-bytes-at-close": same_ops(
+        (RemoteWrite(b"abc"), ROUND_TRIP, LocalClose(), Read("bytes", n=3), RemoteExpectEnd()),
+        tornado=(OK, OK, OK, raised(None), ("remote-end", "reset")),
+        port=(OK, OK, OK, ("ok", b"abc"), ("remote-end", "eof")),
+    ),
+    # The peer's end of stream while we neither read nor write. The port closes at once
+    # (its FIN reaches the remote); Tornado, listening for nothing, takes another write.
+    "end-seen-while-idle": Difference(
+        tornado_ops=(RemoteShutdown(), LocalWrite(b"x"), Read("bytes", n=1), LocalWrite(b"y")),
+        tornado=(OK, OK, raised(None), raised(None)),
+        port_ops=(RemoteShutdown(), RemoteExpectEnd(), LocalWrite(b"x")),
+        port=(OK, ("remote-end", "eof"), raised(None)),
+    ),
+    "close-sends-queued-writes": Difference(
+        tornado_ops=(WriteThenClose(4 * 1024 * 1024),),
+        tornado=(("write", raised(None), "remote got", "part"),),
+        port_ops=(WriteThenClose(4 * 1024 * 1024),),
+        port=(("write", raised(None), "remote got", "all"),),
+        small_buffers=True,
+    ),
+}
+
+QUIRK_OPS: tuple[Op, ...] = (
+    RemoteWrite(b"abc"),
+    RemoteShutdown(),
+    Read("until", delimiter=b"c", max_bytes=1),  # overrun: the stream closes
+    Read("bytes", n=10),  # more than is buffered: fails
+    Read("bytes", n=1),  # served from the buffered bytes
+)
+QUIRKS: dict[str, Difference] = {
+    "lingering-criteria and stale-pending-read": same_ops(
+        QUIRK_OPS,
+        tornado=(
+            OK,
+            OK,
+            raised("UnsatisfiableReadError"),
+            ("raise", "UnsatisfiableReadError", None),  # lingering-criteria
+            raised("UnsatisfiableReadError"),  # stale-pending-read
+        ),
+        port=(
+            OK,
+            OK,
+            raised("UnsatisfiableReadError"),
+            raised("UnsatisfiableReadError"),
+            ("ok", b"a"),
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("loop_name", PORT_LOOPS)
+@pytest.mark.parametrize("name", DIFFERENCES)
+def test_named_divergence(name: str, loop_name: str) -> None:
+    assert name in DIVERGENCES, "every difference shown here is documented"
+    case = DIFFERENCES[name]
+    tornado_outcomes = run_on(
+        "asyncio", tornado_side, case.tornado_ops, small_buffers=case.small_buffers
+    )
+    port_outcomes = run_on(loop_name, port_side, case.port_ops, small_buffers=case.small_buffers)
+    assert tornado_outcomes == list(case.tornado), report(
+        case.tornado_ops, tornado=tornado_outcomes
+    )
+    assert port_outcomes == list(case.port), report(case.port_ops, port=port_outcomes)
+
+
+def test_every_divergence_is_shown_or_not_generated() -> None:
+    # These show only with timing (a partial read racing the bytes' arrival, a reset
+    # racing a write) or far past the generator's sizes: the generator avoids them or
+    # compares loosely, and test_iostream covers the port's side of each.
+    assert set(DIVERGENCES) - set(DIFFERENCES) == {
+        "partial-read-size",
+        "write-future-resolves-when-queued",
+        "max-buffer-size-granularity",
+    }
+
+
+@pytest.mark.parametrize("loop_name", PORT_LOOPS)
+@pytest.mark.parametrize("name", QUIRKS)
+def test_tornado_quirk_not_copied(name: str, loop_name: str) -> None:
+    assert all(key in TORNADO_QUIRKS for key in name.split(" and "))
+    case = QUIRKS[name]
+    tornado_outcomes = run_on("asyncio", tornado_side_as_is, case.tornado_ops)
+    port_outcomes = run_on(loop_name, port_side, case.port_ops)
+    assert tornado_outcomes == list(case.tornado), report(
+        case.tornado_ops, tornado=tornado_outcomes
+    )
+    assert port_outcomes == list(case.port), report(case.port_ops, port=port_outcomes)
