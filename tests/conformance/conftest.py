@@ -108,8 +108,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         spec = callspec.params["server"]
         target = spec.id if isinstance(spec, Target) else spec[0]
+        command = spec.command if isinstance(spec, Target) else spec[1]
+        about = spec.about if isinstance(spec, Target) else f"the server given by --{target}"
         # The scenario is the test with its other parameters: the id minus the target.
         rest = f"-{callspec.id}-".replace(f"-{target}-", "-", 1).strip("-")
         name = getattr(item, "originalname", item.name).removeprefix("test_")
         item.user_properties.append(("target", target))
+        item.user_properties.append(("target_command", command))
+        item.user_properties.append(("target_about", about))
         item.user_properties.append(("scenario", f"{name}[{rest}]" if rest else name))
