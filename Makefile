@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 MODULES := protocol.py iostream.py loops.py cli.py echo_server.py echo_client.py supervisor.py bench.py tornado_server.py tornado_client.py
 
-.PHONY: help install demo test lint format bench clean
+.PHONY: help install demo test lint format bench compare clean
 
 help:
 	@echo "make demo    set up .venv, start a server, run a scripted client session, stop"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint    ruff check, ruff format --check, mypy --strict"
 	@echo "make format  ruff format and ruff check --fix"
 	@echo "make bench   a quick benchmark matrix (under 3 minutes) into bench-results/"
+	@echo "make compare every conformance scenario on every server: docs/conformance.md"
 	@echo "make clean   remove .venv and caches"
 
 $(STAMP): pyproject.toml
@@ -30,6 +31,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py
+
+# The conformance matrix (scenario x server, with round-trip times), written and printed.
+compare: $(STAMP)
+	$(BIN)/python tools/compare.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
