@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import pytest
 from support import TIMEOUT
 
-from iostream import IOStream, TCPClient, TCPServer
+from iostream import DEFAULT_READ_HIGH_WATER, IOStream, TCPClient, TCPServer
 from protocol import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
 
 T = TypeVar("T")
@@ -672,7 +672,7 @@ async def test_reading_pauses_while_nobody_reads_and_nothing_is_lost() -> None:
         await stream.paused.wait()
         assert not transport.is_reading()
         # Bounded: the high-water mark plus at most one receive beyond it.
-        assert stream.buffered_size <= 4 * stream.read_chunk_size + stream.read_chunk_size
+        assert stream.buffered_size <= DEFAULT_READ_HIGH_WATER + stream.read_chunk_size
         assert not sending.done()
         assert await stream.read_bytes(len(payload)) == payload
         await sending
@@ -699,6 +699,9 @@ async def test_server_stop_refuses_new_connections_and_keeps_open_ones() -> None
         await server.listen(0, "127.0.0.1")
         port = port_of(server)
         client = await TCPClient().connect("127.0.0.1", port)
+        # Served already: a connection still in the listener's queue would go with it.
+        await client.write(b"ping")
+        assert await client.read_bytes(4) == b"ping"
         server.stop()
         with pytest.raises(StreamClosedError) as raised:
             await TCPClient().connect("127.0.0.1", port)
@@ -771,8 +774,19 @@ async def test_handler_exception_is_logged_once_with_its_traceback(
 
 
 class ReadingServer(TCPServer):
+    """Waits for a byte that never comes; says when it started and when it ended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+        self.ended = asyncio.Event()
+
     async def handle_stream(self, stream: IOStream, address: Any) -> None:
-        await stream.read_bytes(1)
+        self.reading.set()
+        try:
+            await stream.read_bytes(1)
+        finally:
+            self.ended.set()
 
 
 async def test_stream_closed_in_a_handler_is_not_logged_as_an_error(
@@ -782,7 +796,9 @@ async def test_stream_closed_in_a_handler_is_not_logged_as_an_error(
         server = ReadingServer()
         await server.listen(0, "127.0.0.1")
         client = await TCPClient().connect("127.0.0.1", port_of(server))
+        await server.reading.wait()
         client.close()
+        await server.ended.wait()
         await server.close()
     assert server.connections_served == 1
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
