@@ -27,7 +27,6 @@ own quirks (``FACTS.md``, "Quirks not to copy") are worked around in its adapter
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import re
 import socket
@@ -148,14 +147,34 @@ class Read:
         return "read_until_close()"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class LocalWrite:
-    """``stream.write(data)``, awaited while the remote reads exactly these bytes."""
+    """``stream.write()`` of each part in one go, then all of them awaited.
 
-    data: bytes
+    Meanwhile the remote reads exactly the bytes written. Parts written in one turn of
+    the event loop leave in one send from the port (coalesced writes).
+    """
+
+    parts: tuple[bytes, ...]
+
+    def __init__(self, *parts: bytes) -> None:
+        object.__setattr__(self, "parts", parts)
 
     def __repr__(self) -> str:
-        return f"LocalWrite({_short(self.data)})"
+        return f"LocalWrite({', '.join(map(_short, self.parts))})"
+
+
+@dataclass(frozen=True, init=False)
+class WriteAndClose:
+    """``stream.write()`` of each part, then ``close()`` at once; the remote reads to the end."""
+
+    parts: tuple[bytes, ...]
+
+    def __init__(self, *parts: bytes) -> None:
+        object.__setattr__(self, "parts", parts)
+
+    def __repr__(self) -> str:
+        return f"WriteAndClose({', '.join(map(_short, self.parts))})"
 
 
 @dataclass(frozen=True)
@@ -206,10 +225,13 @@ RemoteOp: TypeAlias = RemoteWrite | RemoteShutdown | RemoteClose | RemoteAbort
 
 @dataclass(frozen=True)
 class ReadPending:
-    """Start ``read`` (it cannot finish yet), then the remote's ``then``, then await it."""
+    """Start ``read`` (it cannot finish yet), then ``then``, then await the read.
+
+    ``then`` is what the remote does, and writes of ours while the read waits.
+    """
 
     read: Read
-    then: tuple[RemoteOp, ...]
+    then: tuple[RemoteOp | LocalWrite, ...]
 
 
 @dataclass(frozen=True)
@@ -222,6 +244,7 @@ class ReadThenClose:
 Op: TypeAlias = (
     Read
     | LocalWrite
+    | WriteAndClose
     | LocalClose
     | RemoteOp
     | RemoteExpectEnd
@@ -317,6 +340,12 @@ class Model:
             return ("remote-end", "eof")
         if isinstance(op, LocalWrite):
             return raised(self.error) if self.closed else OK
+        if isinstance(op, WriteAndClose):
+            # Generated only with nothing unread and the remote open: it gets it all,
+            # then the end of stream.
+            self._close_locally()
+            self.remote_saw_end = True
+            return ("written", True, "eof", ("ok",) * len(op.parts))
         if isinstance(op, LocalClose):
             self._close_locally()
             return OK
@@ -435,6 +464,7 @@ CHOICES = (
     *("remote-write",) * 4,
     *("local-write",) * 2,
     "local-close",
+    "write-and-close",
     "remote-end",
     "expect-end",
 )
@@ -475,8 +505,18 @@ def operations(draw: st.DrawFn, model: Model) -> Op | None:
     if choice == "local-write":
         writable = model.closed or remote_open or (model.remote == "shut" and model.unread)
         # DIVERGENCES["end-seen-while-idle"], ["write-future-resolves-when-queued"].
-        return LocalWrite(draw(payloads(MAX_WRITE))) if writable else None
+        return draw(local_writes()) if writable else None
+    if choice == "write-and-close":
+        # Nothing unread, so Tornado's close sends a FIN too (["unread-bytes-at-close"]).
+        if model.closed or not remote_open or model.unread:
+            return None
+        return WriteAndClose(*draw(local_writes()).parts)
     return draw(read_operations(model))
+
+
+def local_writes() -> st.SearchStrategy[LocalWrite]:
+    parts = st.lists(payloads(MAX_WRITE // 4), min_size=1, max_size=4)
+    return parts.map(lambda parts: LocalWrite(*parts))
 
 
 @st.composite
@@ -496,8 +536,10 @@ def read_operations(draw: st.DrawFn, model: Model) -> Op | None:
         # buffered, which is timing-dependent unless nothing is unread.
         return ReadThenClose(read)
     trial = replace(model)
-    then: list[RemoteOp] = []
+    then: list[RemoteOp | LocalWrite] = []
     for _ in range(3):
+        if draw(st.booleans()):
+            then.append(draw(local_writes()))
         data = draw(payloads(8000).filter(bool))
         if not can_send(trial, data):
             break
@@ -686,7 +728,9 @@ class Harness:
             self.side.close()
             return await task
         if isinstance(op, LocalWrite):
-            return await self.write(op.data)
+            return await self.write(op.parts)
+        if isinstance(op, WriteAndClose):
+            return await self.write_and_close(op.parts)
         if isinstance(op, LocalClose):
             self.side.close()
             return OK
@@ -723,19 +767,41 @@ class Harness:
             return ("prefix",) if read.unread.startswith(data) else ("not-a-prefix", data)
         return ("ok", data)
 
-    async def write(self, data: bytes) -> Outcome:
+    async def write(self, parts: tuple[bytes, ...]) -> Outcome:
+        data = b"".join(parts)
         try:
-            written = self.side.write(data)
+            written = [self.side.write(part) for part in parts]
         except Exception as error:
             return describe(error)
         received = asyncio.ensure_future(self.receive(len(data)))
         try:
-            await written
+            for future in written:
+                await future
         except Exception as error:
             received.cancel()
             return describe(error)
         got = await received
         return OK if got == data else ("remote-received", _short(got))
+
+    async def write_and_close(self, parts: tuple[bytes, ...]) -> Outcome:
+        try:
+            written = [self.side.write(part) for part in parts]
+        except Exception as error:
+            return describe(error)
+        self.side.close()
+        end = "eof"
+        try:
+            got = await self.receive_all(reset_ok=False)
+        except ConnectionResetError:
+            got, end = b"", "reset"
+        results: list[object] = []
+        for future in written:
+            try:
+                await future
+                results.append("ok")
+            except Exception as error:
+                results.append(describe(error))
+        return ("written", got == b"".join(parts), end, tuple(results))
 
     async def write_then_close(self, size: int) -> Outcome:
         data = bytes(range(256)) * (size // 256)
@@ -752,13 +818,16 @@ class Harness:
             write_outcome = describe(error)
         return ("write", write_outcome, "remote got", "all" if got == data else "part")
 
-    async def receive_all(self) -> bytes:
-        """Everything the remote can read until the end of stream or a reset."""
+    async def receive_all(self, *, reset_ok: bool = True) -> bytes:
+        """Everything the remote can read until the end of stream (or a reset)."""
         assert self.remote is not None
         chunks: list[bytes] = []
-        with contextlib.suppress(ConnectionResetError):
+        try:
             while chunk := await self.loop.sock_recv(self.remote, 65536):
                 chunks.append(chunk)
+        except ConnectionResetError:
+            if not reset_ok:
+                raise
         return b"".join(chunks)
 
     async def receive(self, size: int) -> bytes:
