@@ -23,6 +23,14 @@ behaviour and asyncio's speed:
   write's future resolves once its bytes are queued and the transport is below its
   high-water mark; Tornado's resolves once they reached the kernel.
 * Reads return bytes already buffered without a trip through the event loop.
+
+What eager reading makes observably different (``tests/test_differential.py`` names each
+one in ``DIVERGENCES`` and shows it against Tornado): bytes that arrived before our
+``close()`` stay readable, and the peer then sees an end of stream rather than a reset;
+the peer's end of stream or reset closes an idle stream at once, close callback or not;
+a partial read returns whatever had arrived; ``close()`` still sends queued writes; and a
+read waiting past ``max_buffer_size`` looks at the bytes before it fails. Tornado's
+quirks (a failed read left pending, a failed read's delimiter lingering) are not copied.
 """
 
 from __future__ import annotations
