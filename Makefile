@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 MODULES := protocol.py iostream.py loops.py cli.py echo_server.py echo_client.py supervisor.py bench.py tornado_server.py tornado_client.py
 
-.PHONY: help install demo test lint format bench compare clean
+.PHONY: help install demo test lint format bench compare soak clean
 
 help:
 	@echo "make demo    set up .venv, start a server, run a scripted client session, stop"
@@ -18,6 +18,7 @@ help:
 	@echo "make format  ruff format and ruff check --fix"
 	@echo "make bench   a quick benchmark matrix (under 3 minutes) into bench-results/"
 	@echo "make compare every conformance scenario on every server: docs/conformance.md"
+	@echo "make soak    2 minutes of good and hostile clients against the server (not in test)"
 	@echo "make clean   remove .venv and caches"
 
 $(STAMP): pyproject.toml
@@ -50,6 +51,12 @@ format: $(STAMP)
 # measure memory per idle connection and a fresh server's first clients.
 bench: $(STAMP)
 	$(BIN)/python bench.py run --warmup 0.2 --duration 0.6 --repeats 1 --max-inflight 256k --ramp-timeout 10
+
+# Good and hostile clients for 2 minutes, then lost bytes, tracebacks, memory and fds
+# checked; e.g. `make soak SOAK_ARGS="--seconds 30 --impl protocol"`.
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(BIN)/python tools/soak.py $(SOAK_ARGS)
 
 test: lint
 	$(BIN)/python -m pytest
