@@ -24,6 +24,12 @@ from support import TIMEOUT
 CHUNK_SIZE = 20
 CLOSE_CHUNK = b"over"
 
+# Tornado's IOStream reads the socket only when its buffer is used up (or a pending read
+# needs more), ``read_chunk_size`` = 64 KiB per ``recv``. The seed's loop has a read
+# pending except while a write waits for the socket, so with more bytes waiting its
+# chunks restart at every 64 KiB boundary.
+TORNADO_READ_CHUNK_SIZE = 64 * 1024
+
 # asyncio's StreamReader pauses the socket above twice its limit; the largest reply the
 # suite reads at once is 2 MiB, so let it sit in the reader's buffer whole.
 READ_LIMIT = 4 * 1024 * 1024
@@ -145,6 +151,21 @@ def _diagnose(message: bytes, reply: bytes, *, closes: bool) -> str:
     return f"it answers a chunk equal to {CLOSE_CHUNK!r}, after which the server must close"
 
 
+def batch_sizes(chunks: list[bytes]) -> list[int]:
+    """The batches a reply shows: runs of full chunks, each ended by a shorter one.
+
+    A batch whose size is a multiple of 20 cannot be told from the next one, so these are
+    upper bounds; a run longer than Tornado's 64 KiB read is still proof of a bigger batch.
+    """
+    sizes, run = [], 0
+    for chunk in chunks:
+        run += len(chunk)
+        if len(chunk) < CHUNK_SIZE:
+            sizes.append(run)
+            run = 0
+    return [*sizes, run] if run else sizes
+
+
 # --- a raw TCP client ---------------------------------------------------------------
 
 
@@ -156,6 +177,8 @@ class Peer:
     writer: asyncio.StreamWriter
     sent: bytearray = field(default_factory=bytearray)
     received: bytearray = field(default_factory=bytearray)
+    # How the server cut the last reply that exchange() checked.
+    last_chunks: list[bytes] = field(default_factory=list)
 
     @classmethod
     async def connect(cls, address: tuple[str, int]) -> Peer:
@@ -196,7 +219,7 @@ class Peer:
         reply = await self.receive(2 * len(message))
         async with asyncio.timeout(TIMEOUT):
             await self.writer.drain()
-        check_reply(message, reply)
+        self.last_chunks = check_reply(message, reply)
         return reply
 
     async def receive_until_eof(self) -> bytes:
