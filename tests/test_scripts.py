@@ -310,6 +310,15 @@ def test_messages_over_20_bytes_stay_in_step(server: ServerProcess) -> None:
     assert result.stdout.split(b"\n")[1] == b"tsrqponmlkjihgfedcbazyxwvu"
 
 
+def test_large_message(server: ServerProcess) -> None:
+    """A 300 kB line: read in several batches by the server, the client still takes the
+    whole double reply (its cut depends on the batches, so the bytes are all alike)."""
+    message = b"x" * 300_000
+    result = run_client(server.port, loop=server.loop, stdin=message + b"\nend\n")
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert result.stdout == message + b"\n" + message + b"\nend\ndne\n"
+
+
 def test_binary_and_non_utf8_input(server: ServerProcess) -> None:
     """Every byte value but the line break, one message from a pipe; NUL included."""
     every_byte = bytes(value for value in range(256) if value != 0x0A)
@@ -628,6 +637,21 @@ def test_timeout_when_the_server_never_answers(client_loop: str) -> None:
         result = run_client(port, "--timeout", "0.3", "-m", "hello", loop=client_loop)
     assert result.stdout == b""
     assert_client_failed(result, "0.3 s", "0 of 10")
+
+
+def never_read(conn: FakeConnection) -> None:
+    """Accepts and reads nothing, so a big message fills the socket buffers."""
+    conn.hold()
+
+
+def test_timeout_covers_a_write_the_server_never_reads(client_loop: str) -> None:
+    """16 MB to a server that reads nothing: the write waits, and --timeout ends it."""
+    with fake_server(never_read) as (port, _):
+        result = run_client(
+            port, "--timeout", "0.3", loop=client_loop, stdin=b"y" * 16_000_000 + b"\n"
+        )
+    assert result.stdout == b""
+    assert_client_failed(result, "0.3 s")
 
 
 def test_ctrl_c_while_waiting_for_a_reply(client_loop: str) -> None:
