@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import cli
 import supervisor
-from iostream import IOStream, TCPServer, close_gracefully, format_address
+from iostream import IOStream, TCPServer, abort_with_reset, close_gracefully, format_address
 from protocol import (
     CHUNK_SIZE,
     EchoSession,
@@ -69,11 +69,12 @@ class EchoServer(TCPServer):
         # The seed's loop. It writes the chunk and its reversal separately; here they go
         # as one write, which leaves in the same send as the seed's two would with
         # writes coalesced per loop turn. StreamClosedError ends the loop in TCPServer.
+        read, write, verbose = stream.read_bytes, stream.write, self.verbose
         while True:
-            chunk = await stream.read_bytes(CHUNK_SIZE, partial=True)
-            if self.verbose:
+            chunk = await read(CHUNK_SIZE, partial=True)
+            if verbose:
                 log.info("%r from %s", chunk, address)
-            await stream.write(double_reply(chunk))
+            await write(double_reply(chunk))
             if is_close_chunk(chunk):
                 stream.close()
                 return
@@ -149,7 +150,7 @@ class EchoProtocol(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         if self._transport is not None:
-            self._transport.abort()
+            abort_with_reset(self._transport)
 
     async def wait_closed(self) -> None:
         if self._lost is not None:
