@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import pexpect
+import pexpect  # type: ignore[import-untyped]  # no stubs; only the tests use it
 import pytest
 from support import (
     PYTHON,
