@@ -131,8 +131,6 @@ class EchoProtocol(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._address: Any = None
         self._lost: asyncio.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_received = 0.0
 
     # Connection interface, for TCPServer's counters and shutdown.
 
@@ -156,11 +154,9 @@ class EchoProtocol(asyncio.BufferedProtocol):
         if self._lost is not None:
             await asyncio.shield(self._lost)
 
-    def idle_seconds(self, now: float) -> float:
+    def writing(self) -> bool:
         transport = self._transport
-        if transport is not None and transport.get_write_buffer_size():
-            return 0.0
-        return now - self._last_received
+        return transport is not None and transport.get_write_buffer_size() > 0
 
     # asyncio protocol callbacks.
 
@@ -168,9 +164,7 @@ class EchoProtocol(asyncio.BufferedProtocol):
         # uvloop's and rloop's transports do not subclass asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
         self._address = transport.get_extra_info("peername")
-        loop = self._loop = asyncio.get_running_loop()
-        self._lost = loop.create_future()
-        self._last_received = loop.time()
+        self._lost = asyncio.get_running_loop().create_future()
         if not self._server.track_connection(self):
             # Refused past --max-connections (and closed): ignore anything it sends.
             self._session.closing = True
@@ -182,18 +176,16 @@ class EchoProtocol(asyncio.BufferedProtocol):
         if self._session.closing:
             # Bytes after ``over`` are discarded, as the seed discards them by closing.
             return
-        session = self._session
-        assert self._loop is not None
-        self._last_received = self._loop.time()
-        batch = bytes(self._server.recv_buffer[:nbytes])
-        if self._server.verbose:
-            for chunk in iter_text_chunks(batch) if self._server.text else iter_chunks(batch):
+        session, server = self._session, self._server
+        batch = bytes(server.recv_buffer[:nbytes])
+        if server.verbose:
+            for chunk in iter_text_chunks(batch) if server.text else iter_chunks(batch):
                 log.info("%r from %s", chunk, self._address)
-        session.receive_data(batch)
-        assert self._transport is not None
-        self._transport.write(session.data_to_send())
+        transport = self._transport
+        assert transport is not None
+        transport.write(session.answer(batch))
         if session.closing:
-            close_gracefully(self._transport)
+            close_gracefully(transport)
 
     def eof_received(self) -> bool:
         self._session.receive_eof()

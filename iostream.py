@@ -181,7 +181,6 @@ class IOStream(asyncio.BufferedProtocol):
         self._close_callback: Callable[[], None] | None = None
         self.bytes_read = 0
         self.bytes_written = 0
-        self._last_received = 0.0
 
     # --- asyncio protocol callbacks --------------------------------------------------
 
@@ -193,7 +192,6 @@ class IOStream(asyncio.BufferedProtocol):
         self._write_done = loop.create_future()
         self._write_done.set_result(None)
         self._lost_waiter = loop.create_future()
-        self._last_received = loop.time()
         if self._recv_buffer is None:
             self._recv_buffer = bytearray(self.read_chunk_size)
         self._recv_view = memoryview(self._recv_buffer)
@@ -210,8 +208,6 @@ class IOStream(asyncio.BufferedProtocol):
         buffer = self._read_buffer
         buffer += self._recv_view[:nbytes]
         self.bytes_read += nbytes
-        assert self._loop is not None
-        self._last_received = self._loop.time()
         waiter = self._read_waiter
         if waiter is not None:
             # Past max_buffer_size the waiting read decides: it completes if it can,
@@ -567,10 +563,6 @@ class IOStream(asyncio.BufferedProtocol):
             and transport.get_write_buffer_size() > 0
         )
 
-    def idle_seconds(self, now: float) -> float:
-        """Seconds since bytes last arrived; 0 while written bytes are still leaving."""
-        return 0.0 if self.writing() else now - self._last_received
-
     def set_nodelay(self, value: bool) -> None:
         """Set ``TCP_NODELAY`` (asyncio already turns it on for every TCP connection)."""
         sock = self.get_extra_info("socket")
@@ -613,7 +605,7 @@ class Connection(Protocol):
 
     async def wait_closed(self) -> None: ...
 
-    def idle_seconds(self, now: float) -> float: ...
+    def writing(self) -> bool: ...
 
 
 class TCPServer:
@@ -713,19 +705,29 @@ class TCPServer:
     async def _close_idle(self) -> None:
         """Close connections idle for ``idle_timeout``, looking a few times per timeout.
 
-        One sweep for all connections instead of a timer per connection: resetting a
-        timer on every received batch would cost more than the echo itself.
+        A connection is idle while its byte count stays put and nothing it is owed is
+        still leaving. One sweep for all connections, comparing counters, instead of a
+        timer or a clock reading per received batch, which would cost more than the
+        echo itself.
         """
         assert self.idle_timeout is not None
         loop = asyncio.get_running_loop()
         interval = min(1.0, self.idle_timeout / 4)
+        # Connection -> (bytes read at the last sweep, when that count last changed).
+        seen: dict[Connection, tuple[int, float]] = {}
         while True:
             await asyncio.sleep(interval)
             now = loop.time()
+            current: dict[Connection, tuple[int, float]] = {}
             for connection in list(self._connections):
-                if connection.idle_seconds(now) >= self.idle_timeout:
+                count, since = seen.get(connection, (-1, now))
+                if connection.bytes_read != count or connection.writing():
+                    count, since = connection.bytes_read, now
+                elif now - since >= self.idle_timeout:
                     log.debug("closing a connection idle for %.1f s", self.idle_timeout)
                     connection.close()
+                current[connection] = (count, since)
+            seen = current
 
     @property
     def sockets(self) -> list[socket.socket]:

@@ -383,14 +383,26 @@ class EchoSession:
 
     def receive_data(self, batch: bytes) -> None:
         """Take one batch of received bytes and queue its reply."""
+        reply = self.answer(batch)
+        if reply:
+            self._pending.append(reply)
+
+    def answer(self, batch: bytes) -> bytes | bytearray:
+        """The reply to one batch, at once (``b""`` once closing).
+
+        The same as ``receive_data`` then ``data_to_send``, for shells that write each
+        reply as soon as it is made; it does not touch the pending replies.
+        """
         if self.closing or not batch:
-            return
+            return b""
         self.bytes_received += len(batch)
-        self._pending.append(self._build(batch))
+        reply = self._build(batch)
+        self.bytes_sent += len(reply)
         # Only the last chunk of a batch can be ``over``, in text mode too: every other
         # chunk is at least 17 bytes long there.
         if self._closes(batch):
             self.closing = True
+        return reply
 
     def receive_eof(self) -> None:
         """The peer shut down its sending side: answer what was received, then close.
@@ -408,7 +420,6 @@ class EchoSession:
             return b""
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
-        self.bytes_sent += len(data)
         return data
 
     @property
