@@ -654,6 +654,16 @@ def test_property_split_reply_recovers_a_cut(data: st.DataObject, message: bytes
 
 
 @PROPERTY_SETTINGS
+@given(batches=st.lists(batch_strategy, min_size=1, max_size=8))
+def test_property_client_sees_the_close_the_server_makes(batches: list[bytes]) -> None:
+    """Reply.closes (the client's cue to stop) is true exactly when the server closed."""
+    chunks, closed = oracle(batches)
+    message = b"".join(chunks)
+    reply = split_reply(message, encode(chunks))
+    assert reply.closes is closed
+
+
+@PROPERTY_SETTINGS
 @given(message=st.binary(max_size=60), garbage=st.binary(max_size=120))
 def test_property_split_reply_never_accepts_what_it_cannot_explain(
     message: bytes, garbage: bytes
