@@ -13,6 +13,8 @@ the benchmark use (``tornado``, ``streams``, ``protocol``; ``asyncio``, ``uvloop
 
 from __future__ import annotations
 
+import importlib
+import os
 import shlex
 import signal
 import socket
@@ -40,11 +42,25 @@ class Target:
     id: str
     argv: tuple[str, ...]
     about: str
+    # Packages the server needs beyond the standard library (the test extras have them).
+    requires: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        """The required packages that this interpreter cannot import."""
+        return [name for name in self.requires if not installed(name)]
 
     @property
     def command(self) -> str:
         """The command as a user would type it (for reports)."""
         return shlex.join(("python", *self.argv[1:]))
+
+
+def installed(package: str) -> bool:
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        return False
+    return True
 
 
 def _target(script: str, loop: str, *extra: str) -> tuple[str, ...]:
@@ -56,11 +72,13 @@ TARGETS: tuple[Target, ...] = (
         "tornado-asyncio",
         _target("tornado_server.py", "asyncio"),
         "the seed's server on Tornado 6 (the reference), asyncio loop",
+        ("tornado",),
     ),
     Target(
         "tornado-uvloop",
         _target("tornado_server.py", "uvloop"),
         "the seed's server on Tornado 6 (the reference), uvloop",
+        ("tornado", "uvloop"),
     ),
     Target(
         "streams-asyncio",
@@ -71,6 +89,7 @@ TARGETS: tuple[Target, ...] = (
         "streams-uvloop",
         _target("echo_server.py", "uvloop", "--impl", "streams"),
         "the port: the seed's loop on the asyncio IOStream, uvloop",
+        ("uvloop",),
     ),
     Target(
         "protocol-asyncio",
@@ -81,6 +100,7 @@ TARGETS: tuple[Target, ...] = (
         "protocol-uvloop",
         _target("echo_server.py", "uvloop", "--impl", "protocol"),
         "the port's fast path (asyncio.BufferedProtocol), uvloop",
+        ("uvloop",),
     ),
 )
 
@@ -159,7 +179,8 @@ def start_command(command: str) -> RunningServer:
     err_stream, out_stream = process.stderr, process.stdout
 
     def drain_stderr() -> None:
-        for chunk in iter(lambda: err_stream.read1(65536), b""):
+        # os.read: whatever is there, as soon as it is there (the pipe is unbuffered).
+        for chunk in iter(lambda: os.read(err_stream.fileno(), 65536), b""):
             stderr.append(chunk)
 
     def drain_stdout() -> None:

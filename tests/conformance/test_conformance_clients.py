@@ -13,12 +13,17 @@ from __future__ import annotations
 import asyncio
 import os
 
-import pexpect
-from conformance_targets import RunningServer, free_port
+import pexpect  # type: ignore[import-untyped]  # no stubs; only the tests use it
+import pytest
+from conformance_targets import RunningServer, free_port, installed
 from echo20 import CLOSE_CHUNK, one_batch_chunks, shown_reversed
 from support import PYTHON, ROOT, TIMEOUT
 
 CLIENTS = ("echo_client.py", "tornado_client.py")
+
+pytestmark = pytest.mark.skipif(
+    not installed("tornado"), reason="tornado_client.py needs tornado: pip install -e '.[test]'"
+)
 PROMPT = "Enter your input: "
 
 # One of each kind of line: short, longer than a chunk, empty (skipped), UTF-8 cut by
@@ -93,6 +98,7 @@ async def test_clients_same_transcript(server: RunningServer) -> None:
     piped = [m for m in STDIN_ONLY + MESSAGES if CLOSE_CHUNK not in one_batch_chunks(m)]
     stdin = b"".join(m + b"\n" for m in piped)
     args = [arg for message in MESSAGES for arg in (b"-m", message)]
+    sessions: list[tuple[str, str, list[bytes], bytes, list[bytes]]]
     sessions = [(f"{c} <stdin", c, [], stdin, piped) for c in CLIENTS]
     sessions += [(f"{c} -m", c, args, b"", MESSAGES) for c in CLIENTS]
     results = await asyncio.gather(

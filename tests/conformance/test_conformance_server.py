@@ -28,8 +28,6 @@ from echo20 import (
     one_batch_chunks,
 )
 from support import TIMEOUT
-from tornado.iostream import StreamClosedError
-from tornado.tcpclient import TCPClient
 
 MIB = 1024 * 1024
 
@@ -309,6 +307,8 @@ async def test_half_close_gets_every_reply(peer: Peer, size: int) -> None:
 async def test_server_close_is_stream_closed_for_tornado_client(server: RunningServer) -> None:
     # The seed's words: whoever closes, both sides get a StreamClosedError. Seen here
     # through Tornado's own IOStream client, the one the seed used.
+    StreamClosedError = pytest.importorskip("tornado.iostream").StreamClosedError
+    TCPClient = pytest.importorskip("tornado.tcpclient").TCPClient
     async with asyncio.timeout(TIMEOUT):
         stream = await TCPClient().connect(*server.address)
         try:
