@@ -74,8 +74,9 @@ class MyTcpServer(TCPServer):
             while True:
                 msg = await stream.read_bytes(20, partial=True)
                 if self.verbose:
-                    # The seed prints ``msg, 'from', address``; here it goes to the log.
-                    log.info("%r from %s", msg, format_address(address))
+                    # The seed prints ``msg, 'from', address``; here it goes to the log,
+                    # in the same words as echo_server.py's.
+                    log.info("%r from %s", msg, address)
                 # Not awaited, as in the seed: the echo is queued, then the reversal is
                 # written and awaited. Tornado keeps the two writes in order.
                 stream.write(msg)
