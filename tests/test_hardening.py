@@ -152,6 +152,12 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOU
         time.sleep(POLL_INTERVAL)  # sleep-ok: polling /proc, which announces nothing
 
 
+def wait_for_log(server: ServerProcess, text: str, count: int = 1) -> None:
+    """Wait until ``text`` appears ``count`` times in the server's log."""
+    wait_until(lambda: server.stderr_text().count(text) >= count, f"{text!r} x{count} in the log")
+    assert server.stderr_text().count(text) == count, server.stderr_text()
+
+
 def with_soft_open_file_limit(soft: int, argv: list[str]) -> list[str]:
     """``argv`` run with its open-file soft limit lowered to ``soft`` (same PID)."""
     return [PYTHON, "-c", _WITH_SOFT_LIMIT, str(soft), *argv]
@@ -388,12 +394,7 @@ def test_max_connections(loop: str, impl: str) -> None:
             # A slot freed lets a new connection in, and ends the burst.
             admitted.pop().close()
             admitted.append(admit(server.address, b"in the freed slot"))
-            wait_until(
-                lambda burst=burst: (
-                    server.stderr_text().count("below the connection limit again") == burst
-                ),
-                "the end of the burst is logged",
-            )
+            wait_for_log(server, "below the connection limit again", burst)
             assert server.stderr_text().count(f"connection limit ({limit}) reached") == burst
         for sock in admitted:
             sock.close()
@@ -626,7 +627,7 @@ LEFT_IN_THE_SERVER = 256 * 1024
     "its send queue (the summary counts them as sent). A lingering close (shut down the "
     "sending side, read and discard until the peer's end or the timeout) would keep them.",
 )
-@pytest.mark.parametrize(("loop", "impl"), SERVERS)
+@pytest.mark.parametrize(("loop", "impl"), HEAVY_SERVERS)
 def test_shutdown_sends_queued_replies_to_a_client_still_pushing(loop: str, impl: str) -> None:
     """As above, but the client pushed until backpressure stopped it, then reads.
 
@@ -718,11 +719,12 @@ def test_shutdown_while_a_client_drains_exits_cleanly(loop: str, impl: str) -> N
 
 
 @pytest.mark.parametrize(
-    ("first", "second"),
-    [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGINT)],
-    ids=["SIGTERM", "SIGINT"],
+    ("impl", "first", "second"),
+    [
+        pytest.param("streams", signal.SIGTERM, signal.SIGTERM, id="streams-SIGTERM"),
+        pytest.param("protocol", signal.SIGINT, signal.SIGINT, id="protocol-SIGINT"),
+    ],
 )
-@pytest.mark.parametrize("impl", IMPLS)
 def test_second_signal_exits_at_once(
     impl: str, first: signal.Signals, second: signal.Signals
 ) -> None:
@@ -1042,7 +1044,7 @@ def test_workers_share_the_port_and_restart(impl: str) -> None:
                 exchange(sock, f"client {number}".encode())
         killed = min(workers)
         os.kill(killed, signal.SIGKILL)
-        wait_until(lambda: "restarting (1/5)" in server.stderr_text(), "the restart is logged")
+        wait_for_log(server, "restarting (1/5)")
         restarted = worker_pids(server, 2)
         assert killed not in restarted
         assert len(restarted & workers) == 1
@@ -1051,8 +1053,8 @@ def test_workers_share_the_port_and_restart(impl: str) -> None:
                 exchange(sock, f"client {number} after the restart".encode())
         assert server.stop(signal.SIGTERM) == 0
         assert remaining_stdout(server) == b"", "the ready line is printed once"
-        for pid in workers | restarted:
-            wait_until(lambda pid=pid: not is_running(pid), f"worker {pid} gone")
+        gone = workers | restarted
+        wait_until(lambda: not any(map(is_running, gone)), f"workers {gone} gone")
     finally:
         if server.process.poll() is None:
             server.process.kill()
@@ -1080,14 +1082,10 @@ def test_workers_restarts_are_capped() -> None:
             [victim] = workers - {survivor}
             os.kill(victim, signal.SIGKILL)
             if restarts < 5:
-                wait_until(
-                    lambda n=restarts + 1: f"restarting ({n}/5)" in server.stderr_text(),
-                    f"restart {restarts + 1} logged",
-                )
+                wait_for_log(server, f"restarting ({restarts + 1}/5)")
         status = server.process.wait(timeout=TIMEOUT)
         server.stop()  # collects the rest of stderr; the server has exited already
-        for pid in seen:
-            wait_until(lambda pid=pid: not is_running(pid), f"worker {pid} gone")
+        wait_until(lambda: not any(map(is_running, seen)), f"workers {seen} gone")
     finally:
         if server.process.poll() is None:
             server.process.kill()
