@@ -285,18 +285,28 @@ def test_over_closes_the_connection(server: ServerProcess) -> None:
         assert sock.recv(1) == b""
 
 
-def test_over_inside_a_message_closes_nothing(server: ServerProcess) -> None:
+def test_over_rules_on_the_wire(server: ServerProcess) -> None:
+    """Only a chunk equal to `over` closes; 24 bytes ending in `over` are 20 + 4 and do."""
+    with closing(connect(server.address)) as sock:
+        for message in (b"overtime", b"OVER", b"game over", b"over\n", b"x" * 20 + b"overmore"):
+            sock.sendall(message)
+            assert recv_exactly(sock, 2 * len(message)) == expected_reply(message), message
+        message = b"x" * 20 + b"over"
+        sock.sendall(message)
+        assert recv_exactly(sock, 48) == expected_reply(message)
+        assert sock.recv(1) == b""
+
+
+def test_client_stops_only_after_an_over_chunk(
+    plain_server: ServerProcess, client_loop: str
+) -> None:
+    over_inside = [b"overtime", b"OVER", b"game over"]
+    closing_message = b"x" * 20 + b"over"
+    args = [arg for message in over_inside for arg in (b"-m", message)]
     result = run_client(
-        server.port, "-m", "overtime", "-m", "OVER", "-m", "game over", "-m", "x", loop=server.loop
+        plain_server.port, *args, "-m", closing_message, "-m", "never", loop=client_loop
     )
-    assert_ok(result, b"overtime", b"OVER", b"game over", b"x")
-
-
-def test_24_bytes_ending_in_over_close(server: ServerProcess) -> None:
-    """20 + 4: `over` is a chunk of its own, so the server closes and the client stops."""
-    message = b"x" * 20 + b"over"
-    result = run_client(server.port, "-m", message, "-m", "never", loop=server.loop)
-    assert_ok(result, message)
+    assert_ok(result, *over_inside, closing_message)
 
 
 def test_messages_over_20_bytes_stay_in_step(server: ServerProcess) -> None:
@@ -333,27 +343,29 @@ def test_binary_and_non_utf8_input(server: ServerProcess) -> None:
     assert b"\\xa9\\xc3" in lines[5]
 
 
-def test_non_utf8_argument(server: ServerProcess) -> None:
+def test_non_utf8_argument(plain_server: ServerProcess, client_loop: str) -> None:
     """-m takes bytes too: argv decodes with surrogateescape, the client encodes back."""
-    result = run_client(server.port, "-m", b"\xffhi\x80", loop=server.loop)
+    result = run_client(plain_server.port, "-m", b"\xffhi\x80", loop=client_loop)
     assert_ok(result, b"\xffhi\x80")
     assert result.stdout == b"\\xffhi\\x80\n\\x80ih\\xff\n"
 
 
-def test_pipe_mode(server: ServerProcess) -> None:
+def test_pipe_mode(plain_server: ServerProcess, client_loop: str) -> None:
     """One message per line: empty lines skipped, CRLF stripped, nothing after `over`."""
     stdin = b"hello\n\n\r\nworld\r\nover\nnever sent\n"
-    result = run_client(server.port, loop=server.loop, stdin=stdin)
+    result = run_client(plain_server.port, loop=client_loop, stdin=stdin)
     assert_ok(result, b"hello", b"world", b"over")
 
 
-def test_pipe_mode_end_of_input_without_newline(server: ServerProcess) -> None:
-    result = run_client(server.port, loop=server.loop, stdin=b"one\ntwo")
+def test_pipe_mode_end_of_input_without_newline(
+    plain_server: ServerProcess, client_loop: str
+) -> None:
+    result = run_client(plain_server.port, loop=client_loop, stdin=b"one\ntwo")
     assert_ok(result, b"one", b"two")
 
 
-def test_empty_input(server: ServerProcess) -> None:
-    result = run_client(server.port, loop=server.loop, stdin=b"")
+def test_empty_input(plain_server: ServerProcess, client_loop: str) -> None:
+    result = run_client(plain_server.port, loop=client_loop, stdin=b"")
     assert_ok(result)
 
 
@@ -402,9 +414,9 @@ def test_clients_at_once(server: ServerProcess) -> None:
             stderr=subprocess.PIPE,
             cwd=ROOT,
         )
-        for _ in range(4)
+        for _ in range(3)
     ]
-    messages = [f"client {n} says hello to everyone here".encode() for n in range(4)]
+    messages = [f"client {n} says hello to everyone here".encode() for n in range(3)]
     outputs = [
         process.communicate(message + b"\n", timeout=TIMEOUT)
         for process, message in zip(processes, messages, strict=True)
