@@ -365,6 +365,7 @@ class EchoSession:
         "_build",
         "_closes",
         "_pending",
+        "_text",
         "bytes_received",
         "bytes_sent",
         "closing",
@@ -372,6 +373,7 @@ class EchoSession:
     )
 
     def __init__(self, *, text: bool = False) -> None:
+        self._text = text
         self._build = build_text_reply if text else build_reply
         self._closes = text_batch_closes if text else batch_closes
         self._pending: list[bytes | bytearray] = []
@@ -395,9 +397,15 @@ class EchoSession:
         """
         if self.closing or not batch:
             return b""
-        self.bytes_received += len(batch)
+        size = len(batch)
+        self.bytes_received += size
+        self.bytes_sent += 2 * size
+        if size <= CHUNK_SIZE and not self._text:
+            # One chunk, the usual case for small messages: no builder call needed.
+            if batch == CLOSE_CHUNK:
+                self.closing = True
+            return batch + batch[::-1]
         reply = self._build(batch)
-        self.bytes_sent += len(reply)
         # Only the last chunk of a batch can be ``over``, in text mode too: every other
         # chunk is at least 17 bytes long there.
         if self._closes(batch):
