@@ -173,24 +173,29 @@ def reply_by_slices(batch: bytes) -> bytearray:
     return out
 
 
-def reply_by_numpy(batch: bytes) -> bytearray:
-    """The full chunks as a k x 20 array, its mirror image stacked beside it (NumPy)."""
+def reply_by_numpy(batch: bytes) -> memoryview:
+    """The full chunks as a k x 20 array, its mirror image stacked beside it (NumPy).
+
+    The reply is a view of a NumPy buffer made without zero-filling it (a bytearray
+    would be zeroed first, then overwritten); transports and ``bytes.join`` take it.
+    """
     numpy = _numpy()
     if numpy is None:
         raise RuntimeError("reply_by_numpy needs NumPy: pip install 'echoverse[speed]'")
     full = len(batch) - len(batch) % CHUNK_SIZE
-    out = bytearray(2 * len(batch))
+    out = numpy.empty(2 * len(batch), dtype=numpy.uint8)
     if full:
         rows = full // CHUNK_SIZE
         chunks = numpy.frombuffer(batch, dtype=numpy.uint8, count=full).reshape(rows, CHUNK_SIZE)
-        replies = numpy.frombuffer(out, dtype=numpy.uint8, count=2 * full).reshape(rows, -1)
+        replies = out[: 2 * full].reshape(rows, 2 * CHUNK_SIZE)
         replies[:, :CHUNK_SIZE] = chunks
         replies[:, CHUNK_SIZE:] = chunks[:, ::-1]
-    _put_tail(out, batch, full)
-    return out
+    view = memoryview(out)
+    _put_tail(view, batch, full)
+    return view
 
 
-def _put_tail(out: bytearray, batch: bytes, full: int) -> None:
+def _put_tail(out: bytearray | memoryview, batch: bytes, full: int) -> None:
     """The last, shorter chunk of a batch and its reversal, after the full chunks."""
     tail = batch[full:]
     start = 2 * full
@@ -208,7 +213,10 @@ def _numpy() -> Any:
     return numpy
 
 
-ReplyBuilder = Callable[[bytes], "bytes | bytearray"]
+# What a builder returns: bytes for small replies, a buffer it filled for large ones.
+# Transports, ``bytes.join`` and ``==`` take all three.
+ReplyBuffer = bytes | bytearray | memoryview
+ReplyBuilder = Callable[[bytes], ReplyBuffer]
 
 
 @functools.cache
@@ -227,7 +235,7 @@ def vectorised_builder() -> tuple[ReplyBuilder, int]:
 SMALL_BATCH = 400
 
 
-def build_reply(batch: bytes) -> bytes | bytearray:
+def build_reply(batch: bytes) -> ReplyBuffer:
     """The whole reply to one batch: every chunk followed by its reversal, in one buffer."""
     if len(batch) < SMALL_BATCH:
         return reply_by_loop(batch)
@@ -310,7 +318,7 @@ def iter_text_chunks(batch: bytes) -> Iterator[bytes]:
         start += size
 
 
-def build_text_reply(batch: bytes) -> bytes | bytearray:
+def build_text_reply(batch: bytes) -> ReplyBuffer:
     """The text-mode reply to one batch: each chunk, then its character reversal."""
     if batch.isascii():
         # One byte per character: the byte rule gives the same bytes, and faster.
@@ -376,7 +384,7 @@ class EchoSession:
         self._text = text
         self._build = build_text_reply if text else build_reply
         self._closes = text_batch_closes if text else batch_closes
-        self._pending: list[bytes | bytearray] = []
+        self._pending: list[ReplyBuffer] = []
         self.bytes_received = 0
         self.bytes_sent = 0
         # The ``over`` chunk has been answered: send what is pending, then close.
@@ -389,7 +397,7 @@ class EchoSession:
         if reply:
             self._pending.append(reply)
 
-    def answer(self, batch: bytes) -> bytes | bytearray:
+    def answer(self, batch: bytes) -> ReplyBuffer:
         """The reply to one batch, at once (``b""`` once closing).
 
         The same as ``receive_data`` then ``data_to_send``, for shells that write each
@@ -421,7 +429,7 @@ class EchoSession:
         """
         self.eof_received = True
 
-    def data_to_send(self) -> bytes | bytearray:
+    def data_to_send(self) -> ReplyBuffer:
         """The reply bytes produced since the last call (``b""`` when there are none)."""
         pending = self._pending
         if not pending:
