@@ -276,7 +276,10 @@ def render(results: Results, exit_status: int) -> str:
         lines += ["", "## Expected failures", ""]
         lines += [f"- `{s}`: {EXPLANATIONS[s]}" for s in explained]
     lines += ["", "## Divergences from the Tornado reference", ""]
-    lines += [f"- **{title}.** {text}" for title, text in DIVERGENCES]
+    divergences = list(DIVERGENCES)
+    if any(cell.outcome == "diverges" for cell in results.cells.values()):
+        divergences.append(BATCH_DIVERGENCE)
+    lines += [f"- **{title}.** {text}" for title, text in divergences]
     verdicts = {
         verdict([results.cells.get((s, t), Cell()) for t in targets]) for s in results.scenarios
     }
@@ -294,8 +297,6 @@ def render(results: Results, exit_status: int) -> str:
             "put other bytes on the wire than Tornado would have, the cell says *diverges*",
             "and its note says how.",
         ]
-    if any(cell.outcome == "diverges" for cell in results.cells.values()):
-        lines += ["", f"- **{BATCH_DIVERGENCE[0]}.** {BATCH_DIVERGENCE[1]}"]
     problems = [f"teardown of `{t}`: {e}" for t, e in results.teardown_errors.items()]
     problems += [f"untagged failure: {nodeid}" for nodeid in results.untagged]
     if exit_status != 0 or problems:
@@ -308,9 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Run the conformance suite on every target; write and print the matrix.",
         epilog="Other arguments go to pytest (e.g. --server-cmd, --server-addr, -k).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="markdown file")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help=(
+            f"markdown file (default: {DEFAULT_OUTPUT.relative_to(ROOT)}, unless pytest "
+            "arguments narrow the run: then the report is only printed)"
+        ),
+    )
     return parser
 
 
@@ -329,12 +336,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("compare: no conformance results collected", file=sys.stderr)
         return status or 1
     report = render(recorder.results, status)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report, encoding="utf-8")
     print()
     print(report, end="")
-    shown = args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output
-    print(f"(written to {shown})")
+    # A narrowed run (an outside server, -k) must not replace the full committed matrix.
+    output: Path | None = args.output or (None if pytest_args else DEFAULT_OUTPUT)
+    if output is None:
+        print("(not written: pytest arguments narrowed the run; --output FILE to keep it)")
+        return status
+    output = output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(report, encoding="utf-8")
+    print(f"(written to {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output})")
     return status
 
 
