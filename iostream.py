@@ -664,19 +664,32 @@ class TCPServer:
         ssl: ssl_module.SSLContext | None = None,
         ssl_handshake_timeout: float | None = None,
     ) -> None:
-        """Start accepting connections on ``address:port`` (port 0 picks a free port)."""
+        """Start accepting connections on ``address:port`` (port 0 picks a free port).
+
+        A name with several addresses (``localhost``: 127.0.0.1 and ::1) listens on each;
+        with port 0 they all get the port chosen for the first, as Tornado's
+        ``bind_sockets`` does, so the one ready line is true for all of them.
+        """
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            self._make_protocol,
-            host=address,
-            port=port,
-            backlog=backlog,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-            ssl=ssl,
-            ssl_handshake_timeout=ssl_handshake_timeout if ssl else None,
-        )
-        self._started(server)
+        hosts: list[str | None] = [address]
+        if port == 0 and address:
+            infos = await loop.getaddrinfo(
+                address, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            hosts = list(dict.fromkeys(str(info[4][0]) for info in infos)) or hosts
+        for host in hosts:
+            server = await loop.create_server(
+                self._make_protocol,
+                host=host,
+                port=port,
+                backlog=backlog,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
+                ssl=ssl,
+                ssl_handshake_timeout=ssl_handshake_timeout if ssl else None,
+            )
+            self._started(server)
+            port = port or server.sockets[0].getsockname()[1]
 
     async def listen_unix(
         self,

@@ -840,3 +840,41 @@ async def test_connect_timeout_raises_stream_closed_with_timeout() -> None:
             with pytest.raises(StreamClosedError) as raised:
                 await TCPClient().connect("127.0.0.1", listener.getsockname()[1], timeout=0.1)
     assert isinstance(raised.value.real_error, TimeoutError)
+
+
+def test_listen_port_0_gives_every_address_the_same_port() -> None:
+    """A name with two addresses, port 0: both listen on one port, as Tornado's do.
+
+    The resolver is patched to answer 127.0.0.1 and ::1 for a made-up name, so the test
+    does not depend on this machine's /etc/hosts; it runs on the stdlib loop, whose
+    getaddrinfo can be replaced.
+    """
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        real_getaddrinfo = loop.getaddrinfo
+
+        async def getaddrinfo(host: Any, port: Any, **kwargs: Any) -> Any:
+            if host == "dual-stack.test":
+                return [
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0)),
+                    (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
+                ]
+            return await real_getaddrinfo(host, port, **kwargs)
+
+        loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
+        server = _EchoOnce()
+        await server.listen(0, "dual-stack.test")
+        try:
+            names = [sock.getsockname() for sock in server.sockets]
+            assert {name[0] for name in names} == {"127.0.0.1", "::1"}
+            assert len({name[1] for name in names}) == 1, names
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
+
+
+class _EchoOnce(TCPServer):
+    async def handle_stream(self, stream: IOStream, address: Any) -> None:
+        await stream.write(await stream.read_bytes(1))
