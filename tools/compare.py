@@ -89,7 +89,7 @@ BATCH_DIVERGENCE = (
     "server's largest batch). A target with a larger batch cuts the same input into other "
     "chunks: the invariants hold, the reply's bytes differ (SPEC: 'as long as it cuts "
     "them into the same chunks'). The `protocol` fast path receives up to 256 KiB per "
-    "`recv` and cuts the whole batch from its start; the streams port, on uvloop, keeps "
+    "`recv` and cuts all it has received as one batch; the streams port, on uvloop, keeps "
     "reading into a buffer that still holds the end of the previous batch, so its chunks "
     "run on across the boundary. Fixes, not made here (the suite only reports): cut each "
     "received batch at 64 KiB boundaries in the fast path; in the IOStream port, stop "
