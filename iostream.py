@@ -36,6 +36,7 @@ quirks (a failed read left pending, a failed read's delimiter lingering) are not
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -161,6 +162,12 @@ class IOStream(asyncio.BufferedProtocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
         self._read_buffer = bytearray()
+        # Where later receives start, as offsets in the whole stream: Tornado reads the
+        # socket only when its buffer cannot satisfy a read, so bytes that arrive while
+        # unread bytes wait form a batch of their own, and a partial read never takes
+        # bytes from two batches. _consumed is the stream offset of the buffer's start.
+        self._batch_starts: collections.deque[int] = collections.deque()
+        self._consumed = 0
         self._reading = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._wake_size = 0
@@ -206,9 +213,12 @@ class IOStream(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         assert self._recv_view is not None
         buffer = self._read_buffer
+        waiter = self._read_waiter
+        if buffer and (waiter is None or waiter.done()):
+            # Tornado would not have read these yet (see _batch_starts).
+            self._batch_starts.append(self._consumed + len(buffer))
         buffer += self._recv_view[:nbytes]
         self.bytes_read += nbytes
-        waiter = self._read_waiter
         if waiter is not None:
             # Past max_buffer_size the waiting read decides: it completes if it can,
             # or fails with StreamBufferFullError. (Never raise here: on rloop an
@@ -265,14 +275,21 @@ class IOStream(asyncio.BufferedProtocol):
         if size and (partial or size >= num_bytes) and not self._reading:
             # The common case, served without a trip through the event loop, inline
             # because the seed's server calls this once per 20-byte chunk.
-            if size <= num_bytes:
+            if partial and self._batch_starts:
+                size = self._batch_starts[0] - self._consumed
+            if size > num_bytes:
+                size = num_bytes
+            if size == len(buffer):
                 data = bytes(buffer)
                 buffer.clear()
             else:
                 # Two small copies beat a memoryview (which would also have to be
                 # released before the bytearray may shrink).
-                data = bytes(buffer[:num_bytes])
-                del buffer[:num_bytes]
+                data = bytes(buffer[:size])
+                del buffer[:size]
+            self._consumed += size
+            if self._batch_starts:
+                self._drop_batch_starts()
             if self._paused_reading:
                 self._maybe_resume_reading()
             return data
@@ -280,7 +297,11 @@ class IOStream(asyncio.BufferedProtocol):
 
         def find() -> int | None:
             size = len(self._read_buffer)
-            return min(num_bytes, size) if size >= needed else None
+            if size < needed:
+                return None
+            if partial and self._batch_starts:
+                size = self._batch_starts[0] - self._consumed
+            return min(num_bytes, size)
 
         return await self._read(find, needed)
 
@@ -427,9 +448,18 @@ class IOStream(asyncio.BufferedProtocol):
             data = bytes(buffer[:size])
             # Deleting from the front of a bytearray moves a start offset, not the bytes.
             del buffer[:size]
+        self._consumed += size
+        if self._batch_starts:
+            self._drop_batch_starts()
         if self._paused_reading:
             self._maybe_resume_reading()
         return data
+
+    def _drop_batch_starts(self) -> None:
+        """Forget batch starts the reads have reached: those batches are merged or gone."""
+        starts = self._batch_starts
+        while starts and starts[0] <= self._consumed:
+            starts.popleft()
 
     def _maybe_resume_reading(self) -> None:
         if len(self._read_buffer) < self._read_high_water // 2:

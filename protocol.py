@@ -34,6 +34,7 @@ from typing import Any
 __all__ = [
     "CHUNK_SIZE",
     "CLOSE_CHUNK",
+    "MAX_BATCH_SIZE",
     "EchoSession",
     "EchoverseError",
     "ProtocolError",
@@ -62,6 +63,11 @@ __all__ = [
 # The seed reads with ``read_bytes(20, partial=True)``: 20 is the whole of the protocol's
 # framing, nothing else about it is configurable on the wire.
 CHUNK_SIZE = 20
+
+# The most a Tornado server takes from the socket at once (IOStream.read_chunk_size),
+# so the longest batch it ever cuts into chunks: larger batches are answered as
+# consecutive batches of this size, which is what Tornado's successive reads make.
+MAX_BATCH_SIZE = 64 * 1024
 
 # ``if msg == 'over': stream.close()`` in the seed: only a chunk equal to these four bytes
 # closes, never a chunk that merely contains them.
@@ -407,17 +413,30 @@ class EchoSession:
             return b""
         size = len(batch)
         self.bytes_received += size
-        self.bytes_sent += 2 * size
         if size <= CHUNK_SIZE and not self._text:
             # One chunk, the usual case for small messages: no builder call needed.
+            self.bytes_sent += 2 * size
             if batch == CLOSE_CHUNK:
                 self.closing = True
             return batch + batch[::-1]
-        reply = self._build(batch)
         # Only the last chunk of a batch can be ``over``, in text mode too: every other
         # chunk is at least 17 bytes long there.
-        if self._closes(batch):
-            self.closing = True
+        if size <= MAX_BATCH_SIZE:
+            reply = self._build(batch)
+            closes = self._closes(batch)
+        else:
+            # More than Tornado takes from the socket at once: answer it as the batches
+            # Tornado's successive reads would have made of it.
+            replies, closes = [], False
+            for start in range(0, size, MAX_BATCH_SIZE):
+                piece = batch[start : start + MAX_BATCH_SIZE]
+                replies.append(self._build(piece))
+                closes = self._closes(piece)
+                if closes:
+                    break
+            reply = b"".join(replies)
+        self.closing = closes
+        self.bytes_sent += len(reply)
         return reply
 
     def receive_eof(self) -> None:
