@@ -1026,6 +1026,18 @@ def worker_pids(server: ServerProcess, count: int) -> set[int]:
     return pids
 
 
+def kill_supervisor(server: ServerProcess) -> None:
+    """After a failure: kill the parent and its workers (each in a session of its own)."""
+    if server.process.poll() is not None:
+        return
+    workers = child_pids(server.process.pid)
+    server.process.kill()
+    server.process.wait()
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def remaining_stdout(server: ServerProcess) -> bytes:
     assert server.process.stdout is not None
     return server.process.stdout.read()
@@ -1056,9 +1068,7 @@ def test_workers_share_the_port_and_restart(impl: str) -> None:
         gone = workers | restarted
         wait_until(lambda: not any(map(is_running, gone)), f"workers {gone} gone")
     finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+        kill_supervisor(server)
     stderr = server.stderr_text()
     assert "Traceback" not in stderr
     summaries = stopped_lines(stderr)
@@ -1087,9 +1097,7 @@ def test_workers_restarts_are_capped() -> None:
         server.stop()  # collects the rest of stderr; the server has exited already
         wait_until(lambda: not any(map(is_running, seen)), f"workers {seen} gone")
     finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+        kill_supervisor(server)
     assert status == 1
     stderr = server.stderr_text()
     assert "giving up" in stderr
@@ -1105,9 +1113,7 @@ def test_workers_zero_means_one_per_cpu() -> None:
             exchange(sock, b"one of many")
         assert server.stop(signal.SIGTERM) == 0
     finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+        kill_supervisor(server)
     assert len(stopped_lines(server.stderr_text())) == cpus
 
 
