@@ -878,3 +878,58 @@ def test_listen_port_0_gives_every_address_the_same_port() -> None:
 class _EchoOnce(TCPServer):
     async def handle_stream(self, stream: IOStream, address: Any) -> None:
         await stream.write(await stream.read_bytes(1))
+
+
+class _FakeTransport(asyncio.Transport):
+    """Just enough transport to feed an IOStream by hand, without a socket."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def write(self, data: Any) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def _receive(stream: IOStream, data: bytes) -> None:
+    """What a transport does for one receive: fill the stream's buffer, report the size."""
+    view = stream.get_buffer(len(data))
+    view[: len(data)] = data
+    stream.buffer_updated(len(data))
+
+
+def test_partial_reads_never_take_bytes_of_two_receives() -> None:
+    """Bytes received while unread bytes wait (no read pending) start a batch of their own.
+
+    Tornado reads the socket only when its buffer is used up, so the seed's
+    ``read_bytes(20, partial=True)`` never returns the end of one receive joined to the
+    start of the next; chunks restart at every receive.
+    """
+
+    async def scenario() -> None:
+        stream = IOStream()
+        stream.connection_made(_FakeTransport())
+        _receive(stream, b"a" * 25)
+        assert await stream.read_bytes(20, partial=True) == b"a" * 20
+        _receive(stream, b"b" * 30)
+        assert await stream.read_bytes(20, partial=True) == b"a" * 5
+        assert await stream.read_bytes(20, partial=True) == b"b" * 20
+        assert await stream.read_bytes(20, partial=True) == b"b" * 10
+        # Reads that are not partial take what they need across receives.
+        _receive(stream, b"c" * 5)
+        _receive(stream, b"d" * 5)
+        assert await stream.read_bytes(8) == b"c" * 5 + b"d" * 3
+        assert await stream.read_bytes(20, partial=True) == b"d" * 2
+
+    asyncio.run(scenario())

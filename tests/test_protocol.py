@@ -22,6 +22,7 @@ from support import ROOT, TIMEOUT
 from protocol import (
     CHUNK_SIZE,
     CLOSE_CHUNK,
+    MAX_BATCH_SIZE,
     EchoSession,
     EchoverseError,
     ProtocolError,
@@ -696,3 +697,30 @@ def test_protocol_imports_no_io() -> None:
         check=True,
     )
     assert result.stdout.strip() == "", f"protocol imported {result.stdout.strip()}"
+
+
+def test_a_batch_over_64_kib_is_answered_as_tornado_reads_it() -> None:
+    """Tornado reads at most 64 KiB at a time, so chunking restarts every 64 KiB."""
+    message = bytes(range(256)) * 1024 + b"rest"  # 256 KiB + 4 bytes
+    session = EchoSession()
+    reply = bytes(session.answer(message))
+    step = MAX_BATCH_SIZE
+    expected = b"".join(
+        _model_reply(message[start : start + step]) for start in range(0, len(message), step)
+    )
+    assert reply == expected
+    assert session.bytes_sent == len(reply) == 2 * len(message)
+    assert not session.closing
+
+
+def test_over_at_the_end_of_a_long_batch_still_closes() -> None:
+    message = b"x" * (MAX_BATCH_SIZE + 20) + b"over"
+    session = EchoSession()
+    reply = bytes(session.answer(message))
+    assert session.closing
+    assert reply.endswith(b"overrevo")
+
+
+def _model_reply(batch: bytes) -> bytes:
+    chunks = [batch[start : start + 20] for start in range(0, len(batch), 20)]
+    return b"".join(chunk + chunk[::-1] for chunk in chunks)

@@ -94,12 +94,12 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "protocol-asyncio",
         _target("echo_server.py", "asyncio", "--impl", "protocol"),
-        "the port's fast path (asyncio.BufferedProtocol), asyncio loop",
+        "the port's fast path (a BufferedProtocol on the stdlib loop), asyncio loop",
     ),
     Target(
         "protocol-uvloop",
         _target("echo_server.py", "uvloop", "--impl", "protocol"),
-        "the port's fast path (asyncio.BufferedProtocol), uvloop",
+        "the port's fast path (an asyncio.Protocol on uvloop), uvloop",
         ("uvloop",),
     ),
 )
