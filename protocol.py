@@ -477,7 +477,8 @@ class Reply:
 
     # The echo halves joined: always equal to the message.
     echo: bytes
-    # The reversed halves joined in order: what the seed's client shows second.
+    # The reversed halves joined in order. (The seed's client prints this line first;
+    # both clients here print the echo first, then this.)
     reversed: bytes
     chunk_sizes: tuple[int, ...]
 
