@@ -52,10 +52,11 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import cli
 import loops
+from iostream import close_gracefully
 from protocol import CHUNK_SIZE, CLOSE_CHUNK, ProtocolError, split_reply
 
 __all__ = ["main"]
@@ -1657,7 +1658,8 @@ async def serve_naive(host: str, port: int, loop_name: str) -> int:
             pass  # the client vanished: nobody is left to answer
         finally:
             writers.discard(writer)
-            writer.close()
+            # rloop 0.5 sends neither the queued replies nor the FIN on close() alone.
+            close_gracefully(cast(asyncio.Transport, writer.transport))
 
     try:
         server = await asyncio.start_server(handle, host, port)
