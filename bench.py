@@ -1033,21 +1033,35 @@ def describe_machine(meta: dict[str, Any]) -> str:
 
 
 READING_NOTES = """\
-How to read it: every number is a median over the repeats, measured on a closed loop (one
-message in flight per connection). **CPU µs/rt** is the server process's own CPU time
-(user + system, from `/proc/PID/stat`) in the measured window divided by the round trips
-completed in it: what one exchange costs the server. **CPU vs c** divides it by the C
-epoll reference's in the same cell of the same run; compare ratios within one run only.
+Every number is a median over the repeats of a closed loop: each connection sends one
+message, waits for the whole double reply, checks it byte by byte, and sends the next.
+**p50 ... max** are round-trip latencies (first byte sent to last byte received).
 **MiB/s** counts message bytes answered (the server reads N and writes 2N per round trip).
-**peak RSS** is the server's VmHWM during the cell. Notes: `loadgen-bound` means the load
-generator used at least 90 % of its CPU while the server used less: the server could have
-done more, so its round trips per second understate it (CPU per round trip still holds,
-though a server that is not saturated batches less); `contended` means other processes
-took more than 10 % of one of the two pinned CPUs during the window; `unpinned` means the
-server and the load generator were not on CPUs of their own. The Tornado seed (`tornado`)
-leaves Nagle's algorithm on: its second small write waits for the client's delayed ACK,
-about 40 ms per exchange, so at one connection it manages about 25 round trips per second
-whatever the loop; `tornado-nodelay` is the same server with `TCP_NODELAY`.
+
+**CPU µs/rt** is the server process's own CPU time in the measured window (user + system
+of all its threads, as the kernel's scheduler accounts it) divided by the round trips
+completed in it: what one exchange costs the server, however fast the load generator
+was. **CPU vs c** divides it by the C epoll reference's in the same cell and repeat (the
+median of those per-repeat ratios): compare ratios within one run, never across runs or
+machines. **peak RSS** is the server's VmHWM during the cell.
+
+Notes: `loadgen-bound`: the load generator (a C epoll program on its own CPU) used at
+least 90 % of its CPU while the server used less, so the server could have done more and
+its round trips per second understate it. This is normal for the C reference from 16
+connections up (the load generator does as much per round trip as that server, plus the
+check); CPU per round trip still holds, but a server that is not saturated handles fewer
+events per wake-up and pays a little more per round trip, which flatters the ratios of
+the Python servers slightly. `contended`: other processes took more than 10 % of one of
+the two pinned CPUs during the window: a busy machine, expect noise. `unpinned`: server
+and load generator shared CPUs. `too slow`: the target answered correctly but not every
+connection got its first reply within the ramp timeout, or no round trip finished in
+the window (not a failure; a longer --duration measures it).
+
+The Tornado seed (`tornado`) leaves Nagle's algorithm on: its second small write waits
+for the client's delayed ACK, about 40 ms per exchange, so one connection gets about 23
+round trips per second on any loop while the server is idle 99 % of the time. More
+connections overlap those waits. `tornado-nodelay` is the same server with `TCP_NODELAY`,
+to compare its CPU fairly.
 """
 
 
@@ -1169,6 +1183,7 @@ def write_chart(path: Path, cells: Sequence[Cell], subtitle: str) -> Path | None
     axes[1].set_ylabel("server CPU µs per round trip (lower is better)")
     for axis in axes:
         axis.set_yscale("log")
+        axis.set_axisbelow(True)
         axis.grid(axis="y", which="both", alpha=0.3)
     axes[1].set_xticks(range(len(points)))
     axes[1].set_xticklabels([f"{c} conn × {format_size(s)}" for c, s in points], rotation=20)
