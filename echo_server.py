@@ -27,7 +27,14 @@ from typing import Any, cast
 
 import cli
 import supervisor
-from iostream import IOStream, TCPServer, abort_with_reset, close_gracefully, format_address
+from iostream import (
+    IOStream,
+    TCPServer,
+    abort_with_reset,
+    close_gracefully,
+    format_address,
+    start_lingering_close,
+)
 from protocol import (
     CHUNK_SIZE,
     EchoSession,
@@ -139,6 +146,7 @@ class EchoProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._address: Any = None
         self._lost: asyncio.Future[None] | None = None
+        self._gone = False
 
     # Connection interface, for TCPServer's counters and shutdown.
 
@@ -151,11 +159,20 @@ class EchoProtocol(asyncio.Protocol):
         return self._session.bytes_sent
 
     def close(self) -> None:
-        if self._transport is not None:
+        if self._transport is not None and not self._gone:
             close_gracefully(self._transport)
 
+    def close_lingering(self) -> None:
+        # Stop answering; send what is queued and the FIN; discard input until the
+        # peer's end of stream, where eof_received closes (see start_lingering_close).
+        self._session.closing = True
+        transport = self._transport
+        if transport is not None and not self._gone and not start_lingering_close(transport):
+            close_gracefully(transport)
+
     def abort(self) -> None:
-        if self._transport is not None:
+        # A transport that already closed must not be aborted (asyncio's raises then).
+        if self._transport is not None and not self._gone:
             abort_with_reset(self._transport)
 
     async def wait_closed(self) -> None:
@@ -199,7 +216,12 @@ class EchoProtocol(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        # Not while closing: a lingering close must keep draining the peer's input.
+        if (
+            self._transport is not None
+            and not self._transport.is_closing()
+            and not self._session.closing
+        ):
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
@@ -207,6 +229,7 @@ class EchoProtocol(asyncio.Protocol):
             self._transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._gone = True
         self._server.forget_connection(self)
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)

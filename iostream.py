@@ -57,6 +57,7 @@ __all__ = [
     "abort_with_reset",
     "close_gracefully",
     "format_address",
+    "start_lingering_close",
 ]
 
 log = logging.getLogger("echoverse.iostream")
@@ -99,6 +100,26 @@ def close_gracefully(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):
             transport.write_eof()
     transport.close()
+
+
+def start_lingering_close(transport: asyncio.Transport) -> bool:
+    """Send the queued bytes and the FIN, but keep reading: the caller discards the input
+    and closes when the peer's end of stream arrives. Returns False when that cannot be
+    done (TLS, or the transport is already closing): the caller just closes.
+
+    Closing a socket while the peer's bytes wait unread makes the kernel reset the
+    connection, and a reset throws away replies still queued for the peer. A server
+    that stops (SIGTERM) while a client is still sending must linger instead.
+    """
+    if transport.is_closing() or not transport.can_write_eof():
+        return False
+    try:
+        transport.write_eof()
+    except OSError:
+        return False
+    # Reading may be paused by backpressure; the peer's input must drain now.
+    transport.resume_reading()
+    return True
 
 
 def abort_with_reset(transport: asyncio.Transport) -> None:
@@ -174,6 +195,8 @@ class IOStream(asyncio.BufferedProtocol):
         self._paused_reading = False
         self._eof = False
         self._connection_lost = False
+        # Closed by close_lingering(): input is discarded until the peer's end of stream.
+        self._lingering = False
         self._closed = False
         self.error: BaseException | None = None
 
@@ -212,6 +235,8 @@ class IOStream(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._recv_view is not None
+        if self._lingering:
+            return
         buffer = self._read_buffer
         waiter = self._read_waiter
         if buffer and (waiter is None or waiter.done()):
@@ -232,6 +257,9 @@ class IOStream(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        if self._lingering and self._transport is not None:
+            self._transport.close()
+            return True
         self._wake_reader()
         if not self._read_buffer and not self._reading and not self.writing():
             # Tornado listens for the end of stream while a connection is idle and
@@ -552,6 +580,26 @@ class IOStream(asyncio.BufferedProtocol):
             close_gracefully(transport)
         self._mark_closed()
 
+    def close_lingering(self) -> None:
+        """Close for the application, but let the peer finish: a server's shutdown.
+
+        Queued writes and the end of stream go out; whatever the peer still sends is
+        read and discarded until its own end of stream, so that no reset destroys
+        replies on their way (see :func:`start_lingering_close`). Where that is not
+        possible this is :meth:`close`.
+        """
+        transport = self._transport
+        if self._closed or transport is None or self._connection_lost:
+            self.close()
+            return
+        self._flush()
+        if not start_lingering_close(transport):
+            self.close()
+            return
+        self._lingering = True
+        self._paused_reading = False
+        self._mark_closed()
+
     def abort(self) -> None:
         """Close at once, dropping queued writes (the peer sees a reset)."""
         self._write_pending.clear()
@@ -630,6 +678,8 @@ class Connection(Protocol):
     def bytes_written(self) -> int: ...
 
     def close(self) -> None: ...
+
+    def close_lingering(self) -> None: ...
 
     def abort(self) -> None: ...
 
@@ -858,14 +908,15 @@ class TCPServer:
     async def close(self, timeout: float = 1.0) -> None:
         """Stop accepting, close every open connection, wait at most ``timeout`` seconds.
 
-        Queued replies still go out; connections that have not finished by then are
-        aborted. This does not use ``Server.wait_closed()``, which on Python 3.12+ waits
-        for every client to leave.
+        Queued replies still go out, and input still arriving is read and discarded
+        (a lingering close, so that no reset destroys replies on their way);
+        connections that have not finished by then are aborted. This does not use
+        ``Server.wait_closed()``, which on Python 3.12+ waits for every client to leave.
         """
         self.stop()
         connections = list(self._connections)
         for connection in connections:
-            connection.close()
+            connection.close_lingering()
         pending = [asyncio.ensure_future(connection.wait_closed()) for connection in connections]
         pending.extend(self._tasks)
         if pending:

@@ -620,13 +620,6 @@ def test_shutdown_sends_queued_replies(loop: str, impl: str) -> None:
 LEFT_IN_THE_SERVER = 256 * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: at shutdown a connection whose input the server has not read is closed "
-    "with that input unread, so the kernel sends a reset and drops the replies still in "
-    "its send queue (the summary counts them as sent). A lingering close (shut down the "
-    "sending side, read and discard until the peer's end or the timeout) would keep them.",
-)
 @pytest.mark.parametrize(("loop", "impl"), HEAVY_SERVERS)
 def test_shutdown_sends_queued_replies_to_a_client_still_pushing(loop: str, impl: str) -> None:
     """As above, but the client pushed until backpressure stopped it, then reads.
@@ -673,24 +666,7 @@ def test_shutdown_sends_queued_replies_to_a_client_still_pushing(loop: str, impl
     assert received == bytes_out, f"{bytes_out - received} reply bytes lost"
 
 
-ABORT_AFTER_CLOSE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug (echo_server.py, EchoProtocol.abort): after the shutdown wait TCPServer.close "
-    "aborts every connection, and on the asyncio loop aborting a transport that already "
-    "closed by draining its buffer raises AttributeError ('NoneType' object has no "
-    "attribute 'call_soon'): traceback, exit status 1, no summary line",
-)
-
-
-@pytest.mark.parametrize(
-    ("loop", "impl"),
-    [
-        pytest.param(*param.values, id=param.id, marks=ABORT_AFTER_CLOSE_BUG)
-        if param.values == ("asyncio", "protocol")
-        else param
-        for param in SERVERS
-    ],
-)
+@pytest.mark.parametrize(("loop", "impl"), SERVERS)
 def test_shutdown_while_a_client_drains_exits_cleanly(loop: str, impl: str) -> None:
     """SIGTERM with replies queued in the server; the client then reads: exit 0, no traceback.
 
