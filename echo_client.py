@@ -173,13 +173,18 @@ def client_tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 def run_session(
-    args: argparse.Namespace, runner: asyncio.Runner, messages: Iterable[bytes]
+    args: argparse.Namespace,
+    runner: asyncio.Runner,
+    messages: Iterable[bytes],
+    *,
+    interactive: bool,
 ) -> None:
     """Connect, then for each message send it and print its reply; stop after ``over``.
 
-    The event loop runs only while a message is in flight (``runner.run`` per step), so
-    reading the keyboard never blocks it, and Ctrl-C at the prompt is a plain
-    ``KeyboardInterrupt``.
+    At the prompt the event loop runs only while a message is in flight (``runner.run``
+    per step), so reading the keyboard never blocks it and Ctrl-C at the prompt is a
+    plain ``KeyboardInterrupt``. Messages from ``-m`` or a pipe run in one
+    ``runner.run``: starting the loop per message would cost more than the exchange.
     """
     where = format_address(args.unix or (args.host, args.port))
     tls = client_tls_context(args)
@@ -194,16 +199,32 @@ def run_session(
         detail = describe_error(error.real_error) if error.real_error else "connection closed"
         raise ClientError(f"cannot connect to {where}: {detail}") from None
     try:
-        for message in messages:
-            if not message:
-                continue
-            reply = runner.run(exchange(stream, message, args.timeout))
-            print(format_bytes(reply.echo))
-            print(format_bytes(reply.reversed), flush=True)
-            if reply.closes:
-                break
+        if interactive:
+            for message in messages:
+                if message and show(runner.run(exchange(stream, message, args.timeout))):
+                    break
+        else:
+            runner.run(exchange_all(stream, messages, args.timeout))
     finally:
         runner.run(close_stream(stream, args.timeout))
+
+
+async def exchange_all(stream: IOStream, messages: Iterable[bytes], timeout: float) -> None:
+    """Every message in turn, each reply shown before the next message goes out."""
+    for message in messages:
+        if message and show(await exchange(stream, message, timeout)):
+            return
+
+
+def show(reply: Reply) -> bool:
+    """Print a reply as two lines; True when it was the last (the server closes).
+
+    Python line-buffers a terminal and block-buffers a pipe, so a person sees each
+    reply at once and a program reading a pipe gets them without a write per message.
+    """
+    print(format_bytes(reply.echo))
+    print(format_bytes(reply.reversed))
+    return reply.closes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,15 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     # escape, as undecodable bytes are, instead of ending in a UnicodeEncodeError.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
+    interactive = args.messages is None and sys.stdin.isatty()
     if args.messages is not None:
         messages: Iterable[bytes] = (os.fsencode(text) for text in args.messages)
-    elif sys.stdin.isatty():
+    elif interactive:
         messages = interactive_messages()
     else:
         messages = piped_messages(sys.stdin.buffer)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            run_session(args, runner, messages)
+            run_session(args, runner, messages, interactive=interactive)
     except ClientError as error:
         cli.error_line(PROGRAM, str(error))
         return 1
