@@ -120,13 +120,19 @@ class FastEchoServer(EchoServer):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.write_bytes_only = False
         # Shared by every connection on the stdlib loop (BufferedEchoProtocol): a
         # transport fills it and hands it over at once.
         self.recv_buffer = memoryview(bytearray(self.RECV_BUFFER_SIZE))
 
     def _make_protocol(self) -> asyncio.BaseProtocol:
-        if isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, asyncio.BaseEventLoop):
             return BufferedEchoProtocol(self)
+        # rloop 0.5's transport.write costs about 21 ns per byte for anything but
+        # bytes (measured: 680 us for a 32 KiB memoryview, 12.5 us as bytes), so
+        # large replies, which the NumPy builder returns as views, are copied first.
+        self.write_bytes_only = type(loop).__module__.startswith("rloop")
         return EchoProtocol(self)
 
 
@@ -204,7 +210,10 @@ class EchoProtocol(asyncio.Protocol):
                 log.info("%r from %s", chunk, self._address)
         transport = self._transport
         assert transport is not None
-        transport.write(session.answer(batch))
+        reply = session.answer(batch)
+        if server.write_bytes_only and type(reply) is not bytes:
+            reply = bytes(reply)
+        transport.write(reply)
         if session.closing:
             close_gracefully(transport)
 
