@@ -45,6 +45,7 @@ from protocol import (
     iter_chunks,
     iter_text_chunks,
     text_batch_closes,
+    tornado_batches,
 )
 
 __all__ = [
@@ -210,10 +211,13 @@ class EchoProtocol(asyncio.Protocol):
                 log.info("%r from %s", chunk, self._address)
         transport = self._transport
         assert transport is not None
-        reply = session.answer(batch)
-        if server.write_bytes_only and type(reply) is not bytes:
-            reply = bytes(reply)
-        transport.write(reply)
+        # One write per Tornado-sized batch: joining the replies of a large receive
+        # into one buffer twice its size measured slower (1 MiB: ~170 vs ~200 MiB/s).
+        for piece in tornado_batches(batch):
+            reply = session.answer(piece)
+            if server.write_bytes_only and type(reply) is not bytes:
+                reply = bytes(reply)
+            transport.write(reply)
         if session.closing:
             close_gracefully(transport)
 

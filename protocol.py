@@ -58,6 +58,7 @@ __all__ = [
     "split_reply",
     "text_batch_closes",
     "text_chunk_size",
+    "tornado_batches",
 ]
 
 # The seed reads with ``read_bytes(20, partial=True)``: 20 is the whole of the protocol's
@@ -355,6 +356,20 @@ def text_batch_closes(batch: bytes) -> bool:
     return last == CLOSE_CHUNK
 
 
+def tornado_batches(data: bytes) -> Iterator[bytes]:
+    """``data`` as the batches of at most 64 KiB that Tornado's successive reads make.
+
+    A shell that received more at once can answer each batch as it comes
+    (``session.answer(batch)`` for each) and write each reply, instead of one joined
+    reply twice the size.
+    """
+    if len(data) <= MAX_BATCH_SIZE:
+        yield data
+        return
+    for start in range(0, len(data), MAX_BATCH_SIZE):
+        yield data[start : start + MAX_BATCH_SIZE]
+
+
 class EchoSession:
     """The server side of one connection, fed whole batches of received bytes.
 
@@ -428,8 +443,7 @@ class EchoSession:
             # More than Tornado takes from the socket at once: answer it as the batches
             # Tornado's successive reads would have made of it.
             replies, closes = [], False
-            for start in range(0, size, MAX_BATCH_SIZE):
-                piece = batch[start : start + MAX_BATCH_SIZE]
+            for piece in tornado_batches(batch):
                 replies.append(self._build(piece))
                 closes = self._closes(piece)
                 if closes:
