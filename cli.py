@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import os
 import resource
 import signal
 import sys
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import loops
@@ -205,3 +207,66 @@ def install_exception_handler() -> None:
             loop.default_exception_handler(context)
 
     loop.set_exception_handler(handle)
+
+
+# --- the clients' messages ------------------------------------------------------------
+
+# The seed's prompt (``raw_input("Enter your input: ")``).
+PROMPT = "Enter your input: "
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--timeout`` and ``-m/--message``, as both clients spell them."""
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=10.0,
+        help="seconds to wait for the connection and for each whole reply",
+    )
+    parser.add_argument(
+        "-m",
+        "--message",
+        action="append",
+        dest="messages",
+        metavar="TEXT",
+        help="a message to send (repeatable); 'over' asks the server to close",
+    )
+
+
+def client_messages(args: argparse.Namespace) -> tuple[Iterable[bytes], bool]:
+    """The messages to send and whether a person types them at the prompt.
+
+    From ``-m``; else from standard input: the seed's prompt when it is a terminal, one
+    message per line otherwise.
+    """
+    if args.messages is not None:
+        return (os.fsencode(text) for text in args.messages), False
+    if sys.stdin.isatty():
+        return interactive_messages(), True
+    return piped_messages(sys.stdin.buffer), False
+
+
+def interactive_messages() -> Iterator[bytes]:
+    """Lines typed at the seed's prompt, until Ctrl-D; the bytes as typed.
+
+    Python decodes a terminal strictly (outside the C locale), so typed bytes that are
+    not valid in its encoding would end the session with a UnicodeDecodeError. They are
+    decoded with ``surrogateescape`` and encoded back the same way: the server gets them
+    unchanged, as it does from a pipe.
+    """
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="surrogateescape")
+    encoding = sys.stdin.encoding or "utf-8"
+    while True:
+        try:
+            line = input(PROMPT)
+        except EOFError:
+            print()
+            return
+        yield line.encode(encoding, "surrogateescape")
+
+
+def piped_messages(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """One message per input line, without its line ending; read lazily, line by line."""
+    for line in lines:
+        yield line.rstrip(b"\r\n")

@@ -20,7 +20,7 @@ import io
 import os
 import ssl
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import cli
 from iostream import IOStream, TCPClient, format_address
@@ -37,7 +37,6 @@ from protocol import (
 __all__ = ["exchange", "main"]
 
 PROGRAM = "echoverse-client"
-PROMPT = "Enter your input: "
 
 # Exit statuses as shells report a process ended by SIGINT (Ctrl-C) and by SIGPIPE.
 EXIT_INTERRUPTED = 130
@@ -93,32 +92,6 @@ async def close_stream(stream: IOStream, timeout: float | None) -> None:
         stream.abort()
 
 
-def interactive_messages() -> Iterator[bytes]:
-    """Lines typed at the seed's prompt, until Ctrl-D; the bytes as typed.
-
-    Python decodes a terminal strictly (outside the C locale), so typed bytes that are
-    not valid in its encoding would end the session with a UnicodeDecodeError. They are
-    decoded with ``surrogateescape`` and encoded back the same way: the server gets them
-    unchanged, as it does from a pipe.
-    """
-    if isinstance(sys.stdin, io.TextIOWrapper):
-        sys.stdin.reconfigure(errors="surrogateescape")
-    encoding = sys.stdin.encoding or "utf-8"
-    while True:
-        try:
-            line = input(PROMPT)
-        except EOFError:
-            print()
-            return
-        yield line.encode(encoding, "surrogateescape")
-
-
-def piped_messages(lines: Iterable[bytes]) -> Iterator[bytes]:
-    """One message per input line, without its line ending; read lazily, line by line."""
-    for line in lines:
-        yield line.rstrip(b"\r\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
@@ -131,12 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cli.add_connection_arguments(parser)
     parser.add_argument(
-        "--timeout",
-        type=cli.positive_float,
-        default=10.0,
-        help="seconds to wait for the connection and for each whole reply",
-    )
-    parser.add_argument(
         "--unix", metavar="PATH", help="connect to this Unix socket instead of --host/--port"
     )
     tls = parser.add_argument_group("TLS")
@@ -147,14 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="TLS without checking the server's certificate (implies --tls; tests only)",
     )
-    parser.add_argument(
-        "-m",
-        "--message",
-        action="append",
-        dest="messages",
-        metavar="TEXT",
-        help="a message to send (repeatable); 'over' asks the server to close",
-    )
+    cli.add_client_arguments(parser)
     return parser
 
 
@@ -235,13 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     # escape, as undecodable bytes are, instead of ending in a UnicodeEncodeError.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")
-    interactive = args.messages is None and sys.stdin.isatty()
-    if args.messages is not None:
-        messages: Iterable[bytes] = (os.fsencode(text) for text in args.messages)
-    elif interactive:
-        messages = interactive_messages()
-    else:
-        messages = piped_messages(sys.stdin.buffer)
+    messages, interactive = cli.client_messages(args)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             run_session(args, runner, messages, interactive=interactive)

@@ -305,22 +305,7 @@ class IOStream(asyncio.BufferedProtocol):
             # because the seed's server calls this once per 20-byte chunk.
             if partial and self._batch_starts:
                 size = self._batch_starts[0] - self._consumed
-            if size > num_bytes:
-                size = num_bytes
-            if size == len(buffer):
-                data = bytes(buffer)
-                buffer.clear()
-            else:
-                # Two small copies beat a memoryview (which would also have to be
-                # released before the bytearray may shrink).
-                data = bytes(buffer[:size])
-                del buffer[:size]
-            self._consumed += size
-            if self._batch_starts:
-                self._drop_batch_starts()
-            if self._paused_reading:
-                self._maybe_resume_reading()
-            return data
+            return self._consume(min(size, num_bytes))
         needed = min(num_bytes, 1) if partial else num_bytes
 
         def find() -> int | None:
@@ -473,8 +458,10 @@ class IOStream(asyncio.BufferedProtocol):
             data = bytes(buffer)
             buffer.clear()
         else:
+            # Two small copies beat a memoryview (which would also have to be released
+            # before the bytearray may shrink). Deleting from the front of a bytearray
+            # moves a start offset, not the bytes.
             data = bytes(buffer[:size])
-            # Deleting from the front of a bytearray moves a start offset, not the bytes.
             del buffer[:size]
         self._consumed += size
         if self._batch_starts:

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
@@ -35,7 +34,6 @@ __all__ = ["exchange", "main"]
 
 PROGRAM = "tornado-client"
 # The seed's ``raw_input("Enter your input: ")``.
-PROMPT = "Enter your input: "
 
 # Exit status for Ctrl-C, as shells report a process ended by SIGINT.
 EXIT_INTERRUPTED = 130
@@ -74,23 +72,6 @@ async def exchange(stream: IOStream, message: bytes, timeout: float | None) -> R
         raise ClientError(f"invalid reply from the server: {error}") from None
 
 
-def interactive_messages() -> Iterator[bytes]:
-    """Lines typed at the seed's prompt, until Ctrl-D."""
-    while True:
-        try:
-            line = input(PROMPT)
-        except EOFError:
-            print()
-            return
-        yield os.fsencode(line)
-
-
-def piped_messages(lines: Iterable[bytes]) -> Iterator[bytes]:
-    """One message per input line, without its line ending; read lazily, line by line."""
-    for line in lines:
-        yield line.rstrip(b"\r\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
@@ -103,20 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=cli.HelpFormatter,
     )
     cli.add_connection_arguments(parser, loop_choices=LOOP_CHOICES)
-    parser.add_argument(
-        "--timeout",
-        type=cli.positive_float,
-        default=10.0,
-        help="seconds to wait for the connection and for each whole reply",
-    )
-    parser.add_argument(
-        "-m",
-        "--message",
-        action="append",
-        dest="messages",
-        metavar="TEXT",
-        help="a message to send (repeatable); 'over' asks the server to close",
-    )
+    cli.add_client_arguments(parser)
     return parser
 
 
@@ -157,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _, factory = cli.resolve_loop(parser, args.loop)
-    if args.messages is not None:
-        messages: Iterable[bytes] = (os.fsencode(text) for text in args.messages)
-    elif sys.stdin.isatty():
-        messages = interactive_messages()
-    else:
-        messages = piped_messages(sys.stdin.buffer)
+    messages, _ = cli.client_messages(args)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             run_session(args, runner, messages)
