@@ -154,14 +154,6 @@ def count_list(text: str) -> list[int]:
     return counts
 
 
-def positive_int(text: str) -> int:
-    """argparse type for a count of at least 1."""
-    counts = count_list(text)
-    if len(counts) != 1:
-        raise argparse.ArgumentTypeError(f"not one number: {text!r}")
-    return counts[0]
-
-
 def name_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
     """argparse type for a comma-separated list of names taken from ``choices``."""
 
@@ -1757,7 +1749,7 @@ def add_matrix_arguments(
     )
     parser.add_argument(
         "--repeats",
-        type=positive_int,
+        type=cli.positive_int,
         default=repeats,
         help="runs per cell; the tables show medians",
     )
@@ -1836,7 +1828,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated event loops",
     )
     idle.add_argument(
-        "--connections", type=positive_int, default=10_000, help="idle connections per target"
+        "--connections", type=cli.positive_int, default=10_000, help="idle connections per target"
     )
     idle.add_argument(
         "--size",
