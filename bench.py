@@ -1671,7 +1671,7 @@ async def serve_naive(host: str, port: int, loop_name: str) -> int:
     try:
         server = await asyncio.start_server(handle, host, port)
     except OSError as error:
-        cli.error_line(f"{PROGRAM} serve-naive", f"cannot listen on {host}:{port}: {error}")
+        cli.listen_error_line(f"{PROGRAM} serve-naive", f"{host}:{port}", error)
         return 1
     stop = asyncio.Event()
     cli.install_stop_signals(stop)

@@ -15,6 +15,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -147,6 +148,18 @@ def resolve_loop(parser: argparse.ArgumentParser, name: str) -> tuple[str, loops
 def ready_line(address: object, loop_name: str) -> str:
     """``echoverse listening on HOST:PORT (loop: NAME)``: what scripts and tests wait for."""
     return f"echoverse listening on {format_address(address)} (loop: {loop_name})"
+
+
+def listen_error_line(program: str, where: str, error: OSError) -> None:
+    """``program: cannot listen on WHERE: address already in use``, and nothing more.
+
+    asyncio words a failed bind as "error while attempting to bind on address (...)",
+    repeating the address; the system's own short text for the error number says it.
+    """
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    if isinstance(error, socket.gaierror):
+        reason = error.strerror or str(error)
+    error_line(program, f"cannot listen on {where}: {reason.lower()}")
 
 
 def error_line(program: str, message: str) -> None:

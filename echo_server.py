@@ -395,8 +395,7 @@ async def serve(args: argparse.Namespace, loop_name: str, tls: ssl.SSLContext | 
                 ssl_handshake_timeout=args.handshake_timeout,
             )
     except OSError as error:
-        where = args.unix or format_address((args.host, args.port))
-        cli.error_line(PROGRAM, f"cannot listen on {where}: {error.strerror or error}")
+        cli.listen_error_line(PROGRAM, args.unix or format_address((args.host, args.port)), error)
         return 1
     stop = asyncio.Event()
     cli.install_stop_signals(stop)

@@ -17,6 +17,7 @@ import socket
 import sys
 
 import cli
+from iostream import format_address
 
 __all__ = ["MAX_RESTARTS", "run"]
 
@@ -149,9 +150,7 @@ def run(program: str, script: str, argv: list[str], args: argparse.Namespace) ->
     try:
         reservation, port = reserve_port(args.host, args.port)
     except OSError as error:
-        cli.error_line(
-            program, f"cannot listen on {args.host}:{args.port}: {error.strerror or error}"
-        )
+        cli.listen_error_line(program, format_address((args.host, args.port)), error)
         return 1
     supervisor = Supervisor(program, script, argv, worker_count(args.workers), port)
     try:

@@ -134,8 +134,7 @@ async def serve(args: argparse.Namespace, loop_name: str) -> int:
     try:
         sockets = bind_sockets(args.port, args.host)
     except OSError as error:
-        where = format_address((args.host, args.port))
-        cli.error_line(PROGRAM, f"cannot listen on {where}: {error.strerror or error}")
+        cli.listen_error_line(PROGRAM, format_address((args.host, args.port)), error)
         return 1
     server.add_sockets(sockets)
     stop = asyncio.Event()
