@@ -11,11 +11,6 @@ for the server's own announcements (the ready line, log lines); the few things o
 ``/proc`` shows are polled at a short interval, and every wait is bounded by
 ``TIMEOUT``. The heavyweight tests (5,000 connections, 10,000 fault cycles, 256 MiB
 pushed) are marked ``slow``; ``make test`` runs them.
-
-Known limitation, not tested: under TLS the streams path (``--impl streams``) can lose
-replies to bytes that arrive just before the client's end of stream, because asyncio's
-TLS transport shuts down after the peer's close_notify (or FIN) and drops later writes.
-The fast path answers each batch as it arrives, so TLS half-close is tested on it.
 """
 
 from __future__ import annotations
@@ -804,6 +799,8 @@ class MemoryTLSClient:
 
     def __init__(self, tls: TLSFiles, address: tuple[str, int]) -> None:
         self.sock = connect(address)
+        self.unsent = b""
+        self.ended_by = ""
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.tls = tls.client_context.wrap_bio(
@@ -844,7 +841,10 @@ class MemoryTLSClient:
         self.sock.shutdown(socket.SHUT_WR)
 
     def read_until_end(self) -> bytes:
-        """Application data until the server's close_notify or end of stream."""
+        """Application data until the server's close_notify or end of stream.
+
+        ``ended_by`` then says which: ``"close_notify"`` (TLS's clean close) or ``"fin"``.
+        """
         data = bytearray()
         while True:
             try:
@@ -852,26 +852,97 @@ class MemoryTLSClient:
             except ssl.SSLWantReadError:
                 if self._fill():
                     continue
+                self.ended_by = "fin"
                 return bytes(data)
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            except ssl.SSLEOFError:
+                self.ended_by = "fin"
                 return bytes(data)
+            except ssl.SSLZeroReturnError:
+                chunk = b""
             if not chunk:
+                self.ended_by = "close_notify"
                 return bytes(data)
             data += chunk
+
+    def read_exactly(self, size: int) -> bytes:
+        """``size`` bytes of application data, sending nothing meanwhile."""
+        data = bytearray()
+        while len(data) < size:
+            try:
+                data += self.tls.read(size - len(data))
+            except ssl.SSLWantReadError:
+                assert wait_readable(self.sock, TIMEOUT), (
+                    f"{len(data)} of {size} bytes of replies came, then nothing"
+                )
+                assert self._fill(), "the server closed early"
+        return bytes(data)
+
+    def push_until_stalled(self, total: int, stall: float) -> int:
+        """Encrypt and send up to ``total`` bytes of ``x`` without reading, until the
+        socket stays unwritable for ``stall`` seconds. Returns the plaintext sent; the
+        rest of the last record waits in ``unsent``, for :meth:`finish`."""
+        self.sock.setblocking(False)
+        poller = select.poll()
+        poller.register(self.sock, select.POLLOUT)
+        written = 0
+        block = b"x" * (16 * 1024)
+        try:
+            while written < total:
+                if not self.unsent:
+                    self.tls.write(block)
+                    written += len(block)
+                    self.unsent = self.outgoing.read()
+                if not poller.poll(stall * 1000):
+                    break
+                with contextlib.suppress(BlockingIOError):
+                    self.unsent = self.unsent[self.sock.send(self.unsent) :]
+        finally:
+            self.sock.setblocking(True)
+        return written
+
+    def finish(self) -> bytes:
+        """Send what is unsent and close_notify, then the FIN, reading all along;
+        return every byte of application data received."""
+        with pytest.raises(ssl.SSLWantReadError):
+            self.tls.unwrap()
+        self.unsent += self.outgoing.read()
+        self.sock.setblocking(False)
+        poller = select.poll()
+        received = bytearray()
+        try:
+            while self.unsent:
+                poller.register(self.sock, select.POLLIN | select.POLLOUT)
+                events = poller.poll(TIMEOUT * 1000)
+                assert events, "the server neither reads nor answers"
+                (_, mask), *_ = events
+                if mask & select.POLLOUT:
+                    with contextlib.suppress(BlockingIOError):
+                        self.unsent = self.unsent[self.sock.send(self.unsent) :]
+                if mask & select.POLLIN:
+                    with contextlib.suppress(BlockingIOError):
+                        self.incoming.write(self.sock.recv(MiB))
+                    with contextlib.suppress(ssl.SSLWantReadError):
+                        while chunk := self.tls.read(MiB):
+                            received += chunk
+        finally:
+            self.sock.settimeout(TIMEOUT)
+        self.shutdown_write()
+        return bytes(received + self.read_until_end())
 
     def close(self) -> None:
         self.sock.close()
 
 
 @pytest.mark.parametrize("end", ["close_notify", "fin"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("loop", LOOPS)
-def test_tls_half_close_on_the_fast_path(loop: str, end: str, tls: TLSFiles) -> None:
-    """Under TLS the fast path answers megabytes sent before the client's end of stream.
+def test_tls_half_close(loop: str, impl: str, end: str, tls: TLSFiles) -> None:
+    """Under TLS both paths answer megabytes sent before the client's end of stream.
 
     ``close_notify``: TLS's own end of stream, then the TCP FIN. ``fin``: the TCP FIN
     alone, as a client that half-closes its socket under TLS sends.
     """
-    with running_server(server_argv(loop, "protocol", *tls.server_flags)) as server:
+    with running_server(server_argv(loop, impl, *tls.server_flags)) as server:
         for size in HALF_CLOSE_SIZES:
             message = random.Random(size).randbytes(size)
             client = MemoryTLSClient(tls, server.address)
@@ -881,8 +952,40 @@ def test_tls_half_close_on_the_fast_path(loop: str, end: str, tls: TLSFiles) -> 
                     client.close_notify()
                 client.shutdown_write()
                 assert_double_reply(message, client.read_until_end())
+                assert client.ended_by == "close_notify", "the server closes TLS cleanly"
             finally:
                 client.close()
+    assert "Traceback" not in server.stderr_text()
+
+
+@pytest.mark.parametrize(("loop", "impl"), SERVERS)
+def test_tls_backpressure_loses_nothing(loop: str, impl: str, tls: TLSFiles) -> None:
+    """Under TLS too a client pushing without reading stalls, and then gets every reply.
+
+    The server stops decrypting while its replies back up; when they drain, bytes it
+    had decrypted but not handed on must still be answered, with nothing new arriving
+    to prompt it. Without backpressure the push would not stall; a lost wake-up would
+    leave the finish waiting for replies.
+    """
+    total = 64 * MiB
+    with running_server(server_argv(loop, impl, *tls.server_flags)) as server:
+        pid = server.process.pid
+        client = MemoryTLSClient(tls, server.address)
+        try:
+            client.send(b"x" * 256 * 1024)
+            idle_kib = proc_status_kib(pid, "VmRSS")
+            sent = client.push_until_stalled(total, STALL_SECONDS)
+            assert sent < total, "the server read everything: no backpressure"
+            # Every record that left whole is answered with nothing more sent: the
+            # last wake-ups come from the server's own resume, not from new input.
+            whole = 256 * 1024 + sent - (16 * 1024 if client.unsent else 0)
+            reply = client.read_exactly(2 * whole)
+            reply += client.finish()
+            assert len(reply) == 2 * (256 * 1024 + sent)
+            assert reply.count(b"x") == len(reply)
+            assert proc_status_kib(pid, "VmHWM") - idle_kib < RSS_ALLOWANCE_KIB
+        finally:
+            client.close()
     assert "Traceback" not in server.stderr_text()
 
 
@@ -1113,6 +1216,27 @@ def test_tls_exchange(loop: str, impl: str, tls: TLSFiles) -> None:
         assert (result.returncode, result.stderr) == (0, b""), result.stderr.decode()
         assert result.stdout == b"hello\nolleh\nover\nrevo\n"
     assert "Traceback" not in server.stderr_text()
+
+
+def test_tls_client_checks_the_certificate(tls: TLSFiles) -> None:
+    """--tls verifies the server: a certificate from an unknown CA is one line, exit 1;
+    --insecure skips the check (and says nothing)."""
+    with running_server(server_argv("asyncio", "streams", *tls.server_flags)) as server:
+        refused, insecure = (
+            subprocess.run(
+                [*CLIENT, "--port", str(server.port), flag, *MESSAGES],
+                capture_output=True,
+                timeout=TIMEOUT,
+                cwd=ROOT,
+            )
+            for flag in ("--tls", "--insecure")
+        )
+    assert refused.returncode == 1, refused
+    assert refused.stdout == b""
+    assert refused.stderr.count(b"\n") == 1
+    assert b"certificate verify failed" in refused.stderr, refused.stderr
+    assert (insecure.returncode, insecure.stderr) == (0, b""), insecure.stderr.decode()
+    assert insecure.stdout == b"hello\nolleh\nover\nrevo\n"
 
 
 async def test_tls_exchange_with_tcpclient(tls: TLSFiles) -> None:

@@ -19,15 +19,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, closing
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
+import trustme
 from support import TIMEOUT
 
-from iostream import DEFAULT_READ_HIGH_WATER, IOStream, TCPClient, TCPServer
+from iostream import DEFAULT_READ_HIGH_WATER, IOStream, TCPClient, TCPServer, TLSTransport
 from protocol import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
 
 T = TypeVar("T")
@@ -568,12 +570,17 @@ def port_of(server: TCPServer) -> int:
 
 
 @asynccontextmanager
-async def stream_pair() -> AsyncIterator[tuple[IOStream, IOStream]]:
-    """(server side, client side) of one connection; bounded by TIMEOUT."""
+async def stream_pair(
+    server_ssl: ssl.SSLContext | None = None, client_ssl: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[IOStream, IOStream]]:
+    """(server side, client side) of one connection (over TLS with the contexts given,
+    for the name ``localhost``); bounded by TIMEOUT."""
     async with asyncio.timeout(TIMEOUT):
         server = HandOverServer()
-        await server.listen(0, "127.0.0.1")
-        client = await TCPClient().connect("127.0.0.1", port_of(server))
+        await server.listen(0, "127.0.0.1", ssl=server_ssl)
+        client = await TCPClient().connect(
+            "127.0.0.1", port_of(server), ssl=client_ssl, server_hostname="localhost"
+        )
         try:
             yield await server.streams.get(), client
         finally:
@@ -933,3 +940,159 @@ def test_partial_reads_never_take_bytes_of_two_receives() -> None:
         assert await stream.read_bytes(20, partial=True) == b"d" * 2
 
     asyncio.run(scenario())
+
+
+# --- TLS: iostream.TLSTransport --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts from a throwaway CA, for the name ``localhost``."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+class Received(asyncio.BufferedProtocol):
+    """Records what a TLSTransport hands up through a 1 KiB buffer; can pause at once."""
+
+    def __init__(self, *, pause_after_first: bool = False) -> None:
+        self.buffer = bytearray(1024)
+        self.data = bytearray()
+        self.pause_after_first = pause_after_first
+        self.transport: asyncio.Transport | None = None
+        self.changed = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.changed.set()
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self.buffer[:nbytes]
+        if self.pause_after_first and self.transport is not None:
+            self.pause_after_first = False
+            self.transport.pause_reading()
+        self.changed.set()
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            self.changed.clear()
+            await self.changed.wait()
+
+
+@asynccontextmanager
+async def tls_pair(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext], server: Received, client: Received
+) -> AsyncIterator[tuple[TLSTransport, TLSTransport]]:
+    """A server and a client TLSTransport over a Unix socket pair, handshake done."""
+    server_context, client_context = contexts
+    loop = asyncio.get_running_loop()
+    server_sock, client_sock = socket.socketpair()
+    async with asyncio.timeout(TIMEOUT):
+        _, server_tls = await loop.connect_accepted_socket(
+            lambda: TLSTransport(server, server_context, server_side=True), server_sock
+        )
+        _, client_tls = await loop.create_connection(
+            lambda: TLSTransport(
+                client, client_context, server_side=False, server_hostname="localhost"
+            ),
+            sock=client_sock,
+        )
+        assert isinstance(server_tls, TLSTransport)
+        assert isinstance(client_tls, TLSTransport)
+        await client_tls.handshake()
+        await server.wait_for(lambda: server.transport is not None)
+        try:
+            yield server_tls, client_tls
+        finally:
+            server_tls.abort()
+            client_tls.abort()
+
+
+async def test_tls_bytes_decrypted_while_paused_arrive_on_resume_with_nothing_new(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """One 3,000-byte record arrives whole; the protocol takes 1 KiB and pauses. On
+    resume the other 1,976 bytes must come up although nothing more arrives from the
+    socket (a layer that only reads when the socket has news would stall here)."""
+    server, client = Received(pause_after_first=True), Received()
+    message = bytes(range(256)) * 11 + b"!" * 184
+    async with tls_pair(tls_contexts, server, client) as (server_tls, client_tls):
+        client_tls.write(message)
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_for(lambda: len(server.data) == 1024)
+            assert not server_tls.is_reading()
+            server_tls.resume_reading()
+            await server.wait_for(lambda: len(server.data) == len(message))
+    assert server.data == message
+
+
+async def test_tls_peer_end_of_stream_leaves_the_connection_writable(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """After the peer's close_notify the protocol may still write (asyncio's TLS
+    transport closes there); our close then ends the connection with close_notify."""
+    ended = asyncio.Event()
+
+    class Server(Received):
+        def eof_received(self) -> bool:
+            ended.set()
+            return True
+
+    server, client = Server(), Received()
+    async with tls_pair(tls_contexts, server, client) as (server_tls, client_tls):
+        client_tls.write(b"last words")
+        client_tls.write_eof()  # close_notify, then the FIN; the client reads on
+        async with asyncio.timeout(TIMEOUT):
+            await ended.wait()
+            assert not server_tls.is_closing()
+            server_tls.write(b"a reply after the end")
+            server_tls.close()
+            await client.wait_for(lambda: len(client.data) == 21)
+    assert server.data == b"last words"
+    assert client.data == b"a reply after the end"
+
+
+async def test_tls_connect_to_an_untrusted_server_raises_stream_closed(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """A certificate the client does not trust fails connect() with the ssl error as
+    ``real_error``, as a refused connection does."""
+
+    class Server(TCPServer):
+        async def handle_stream(self, stream: IOStream, address: Any) -> None:
+            await stream.read_until_close()
+
+    server_context, _ = tls_contexts
+    server = Server()
+    await server.listen(0, "127.0.0.1", ssl=server_context)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(StreamClosedError) as raised:
+                await TCPClient().connect(
+                    "127.0.0.1",
+                    port_of(server),
+                    ssl=ssl.create_default_context(),
+                    server_hostname="localhost",
+                )
+    finally:
+        await server.close()
+    assert isinstance(raised.value.real_error, ssl.SSLCertVerificationError)
+
+
+async def test_tls_stream_reports_the_peer_certificate(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """get_extra_info answers as on asyncio's TLS transport (peercert, cipher...)."""
+    server_context, client_context = tls_contexts
+    async with stream_pair(server_context, client_context) as (_, client):
+        assert client.get_extra_info("peercert")["subjectAltName"] == (("DNS", "localhost"),)
+        assert client.get_extra_info("cipher") is not None
+        assert client.get_extra_info("sslcontext") is client_context
+        assert client.get_extra_info("peername")[0] == "127.0.0.1"
