@@ -79,6 +79,7 @@ def _decodes(data: bytes) -> bool:
 Builder = Callable[[bytes], ReplyBuffer]
 BUILDERS: dict[str, Builder] = {
     "loop": protocol.reply_by_loop,
+    "itemgetter": protocol.reply_by_itemgetter,
     "slices": protocol.reply_by_slices,
     "numpy": protocol.reply_by_numpy,
     "build_reply": protocol.build_reply,
@@ -180,6 +181,14 @@ def test_without_numpy_every_path_is_the_definition(without_numpy: None, size: i
     if batch:
         reply = protocol.split_reply(batch, definition(batch))
         assert reply.echo == batch
+
+
+def test_itemgetter_builder_is_the_definition_at_every_small_size() -> None:
+    """It keeps one table entry per batch size: check each, and again from the table."""
+    for _ in range(2):
+        for size in range(protocol.SMALL_BATCH + 50):
+            batch = bytes((index * 7 + size) % 256 for index in range(size))
+            assert protocol.reply_by_itemgetter(batch) == definition(batch), size
 
 
 def test_with_numpy_large_batches_use_numpy() -> None:
