@@ -390,6 +390,7 @@ async def serve(args: argparse.Namespace, loop_name: str, tls: ssl.SSLContext | 
     """Listen, print the ready line, serve until SIGINT/SIGTERM, then shut down."""
     cli.install_exception_handler()
     open_files = cli.raise_open_file_limit()
+    cli.raise_malloc_mmap_threshold()
     server = IMPLEMENTATIONS[args.impl](
         verbose=args.verbose,
         text=args.text,
