@@ -17,6 +17,10 @@ in the table, never a fast number.
 Targets (the same words as the command lines; labels are ``target-loop``):
 
 * ``c``: the minimal epoll server, one recv and one send per batch: the yardstick.
+* ``floor``: the least a Python server can do on the loop: a bare protocol that writes
+  each batch's reply (``build_reply``) and nothing else, no counters, limits or
+  ``over`` (``python bench.py serve-floor``). Not a product: it shows how much of a
+  ratio to ``c`` is the event loop's own cost, which no server code can remove.
 * ``tornado``: the seed on Tornado, as it is (Nagle on: about 40 ms per exchange).
 * ``tornado-nodelay``: the same with ``TCP_NODELAY``, to compare CPU fairly.
 * ``naive``: the naive asyncio port, kept as a baseline (``python bench.py serve-naive``).
@@ -47,7 +51,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -57,14 +61,14 @@ from typing import IO, Any, cast
 import cli
 import loops
 from iostream import close_gracefully
-from protocol import CHUNK_SIZE, CLOSE_CHUNK, ProtocolError, split_reply
+from protocol import CHUNK_SIZE, CLOSE_CHUNK, ProtocolError, build_reply, split_reply
 
 __all__ = ["main"]
 
 PROGRAM = "bench.py"
 ROOT = Path(__file__).resolve().parent
 
-TARGETS = ("c", "tornado", "tornado-nodelay", "naive", "streams", "protocol")
+TARGETS = ("c", "floor", "tornado", "tornado-nodelay", "naive", "streams", "protocol")
 # The Tornado reference runs on asyncio and uvloop (issue 4); tornado_server.py offers no more.
 TORNADO_LOOPS = ("asyncio", "uvloop")
 # What the C reference's ready line says instead of a Python loop's name.
@@ -257,8 +261,8 @@ def server_argv(target: Target, host: str, tools: Tools) -> list[str]:
         return [python, str(ROOT / "tornado_server.py"), *common]
     if target.name == "tornado-nodelay":
         return [python, str(ROOT / "tornado_server.py"), *common, "--nodelay"]
-    if target.name == "naive":
-        return [python, str(ROOT / "bench.py"), "serve-naive", *common]
+    if target.name in ("naive", "floor"):
+        return [python, str(ROOT / "bench.py"), f"serve-{target.name}", *common]
     return [python, str(ROOT / "echo_server.py"), *common, "--impl", target.name]
 
 
@@ -863,9 +867,23 @@ def evaluate_checks(checks: Sequence[Check], cells: Sequence[Cell]) -> list[dict
                 "requirement": check.describe(),
                 "measured": measured,
                 "met": met,
+                "floor": floor_ratio(check, by_key),
             }
         )
     return results
+
+
+def floor_ratio(check: Check, by_key: dict[tuple[str, int, int], Cell]) -> float | None:
+    """For a CPU check, the same ratio for ``floor`` on that loop, if it was measured:
+    what the loop alone costs, the least any Python server there could reach."""
+    if check.metric != "cpu":
+        return None
+    loop = check.label.rsplit("-", 1)[-1]
+    floor = by_key.get((f"floor-{loop}", check.connections, check.size))
+    if floor is None or floor.summary["error"] is not None or floor.summary["vs_c"] is None:
+        return None
+    ratio: float = floor.summary["vs_c"]["cpu_us_per_rt"]
+    return ratio
 
 
 # --- reports: terminal, JSON, Markdown, PNG -----------------------------------------
@@ -974,12 +992,13 @@ def check_rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
                 result["requirement"],
                 fmt_ratio(result["measured"]),
                 met,
+                fmt_ratio(result.get("floor")),
             ]
         )
     return rows
 
 
-CHECK_HEADERS = ("issue", "target", "conns", "size", "requirement", "measured", "met")
+CHECK_HEADERS = ("issue", "target", "conns", "size", "requirement", "measured", "met", "floor")
 
 
 def machine_info() -> dict[str, Any]:
@@ -1638,7 +1657,76 @@ def cold_and_warm(
     return runs[0], runs[1]
 
 
-# --- bench.py serve-naive -----------------------------------------------------------
+# --- bench.py serve-floor and serve-naive --------------------------------------------
+
+
+class FloorProtocol(asyncio.Protocol):
+    """The ``floor`` target: each received batch answered with one write, nothing else."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.write = cast(asyncio.Transport, transport).write
+
+    def data_received(self, data: bytes) -> None:
+        self.write(build_reply(data))
+
+
+class BufferedFloorProtocol(asyncio.BufferedProtocol):
+    """The same on the stdlib loop, receiving into one shared buffer as the fast path
+    does there (a fresh 256 KiB buffer per receive costs ~3x: CPython issue 85451)."""
+
+    buffer = memoryview(bytearray(256 * 1024))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.write = cast(asyncio.Transport, transport).write
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.write(build_reply(bytes(self.buffer[:nbytes])))
+
+
+class BytesFloorProtocol(FloorProtocol):
+    """The same on rloop, whose transports write anything but bytes slowly (README)."""
+
+    def data_received(self, data: bytes) -> None:
+        reply = build_reply(data)
+        self.write(reply if type(reply) is bytes else bytes(reply))
+
+
+async def serve_floor(host: str, port: int, loop_name: str) -> int:
+    """The floor: the least a Python server can do per batch on this event loop."""
+    loop = asyncio.get_running_loop()
+    factory: type[asyncio.BaseProtocol] = FloorProtocol
+    if isinstance(loop, asyncio.BaseEventLoop):
+        factory = BufferedFloorProtocol
+    elif loop_name == "rloop":
+        factory = BytesFloorProtocol
+    return await serve_until_stopped(
+        loop.create_server(factory, host, port), "serve-floor", host, port, loop_name
+    )
+
+
+async def serve_until_stopped(
+    starting: Coroutine[Any, Any, asyncio.Server],
+    command: str,
+    host: str,
+    port: int,
+    loop_name: str,
+) -> int:
+    """Start a bench-only server, print the ready line, serve until SIGINT/SIGTERM."""
+    try:
+        server = await starting
+    except OSError as error:
+        cli.listen_error_line(f"{PROGRAM} {command}", f"{host}:{port}", error)
+        return 1
+    stop = asyncio.Event()
+    cli.install_stop_signals(stop)
+    # No serve_forever(): on rloop 0.5 it stops the server from accepting (FACTS.md).
+    print(cli.ready_line(server.sockets[0].getsockname(), loop_name), flush=True)
+    await stop.wait()
+    server.close()
+    return 0
 
 
 async def serve_naive(host: str, port: int, loop_name: str) -> int:
@@ -1668,28 +1756,22 @@ async def serve_naive(host: str, port: int, loop_name: str) -> int:
             # rloop 0.5 sends neither the queued replies nor the FIN on close() alone.
             close_gracefully(cast(asyncio.Transport, writer.transport))
 
-    try:
-        server = await asyncio.start_server(handle, host, port)
-    except OSError as error:
-        cli.listen_error_line(f"{PROGRAM} serve-naive", f"{host}:{port}", error)
-        return 1
-    stop = asyncio.Event()
-    cli.install_stop_signals(stop)
-    # No serve_forever(): on rloop 0.5 it stops the server from accepting (FACTS.md).
-    print(cli.ready_line(server.sockets[0].getsockname(), loop_name), flush=True)
-    await stop.wait()
-    server.close()
+    status = await serve_until_stopped(
+        asyncio.start_server(handle, host, port), "serve-naive", host, port, loop_name
+    )
     for writer in list(writers):
         writer.close()
-    return 0
+    return status
 
 
-def command_serve_naive(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def command_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``serve-naive`` and ``serve-floor``: a bench-only server on the chosen loop."""
     cli.configure_logging(args.log_level)
     cli.raise_open_file_limit()
     loop_name, factory = cli.resolve_loop(parser, args.loop)
+    serve = serve_floor if args.command == "serve-floor" else serve_naive
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve_naive(args.host, args.port, loop_name))
+        return runner.run(serve(args.host, args.port, loop_name))
 
 
 # --- command line -------------------------------------------------------------------
@@ -1850,14 +1932,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=cli.HelpFormatter,
     )
     add_matrix_arguments(cold, connections="16", sizes="200", warmup=0.5, duration=2.0, repeats=3)
-    naive = commands.add_parser(
-        "serve-naive",
-        help="run the naive asyncio port (the baseline target) as a server",
-        description=serve_naive.__doc__,
-        formatter_class=cli.HelpFormatter,
-    )
-    cli.add_connection_arguments(naive)
-    cli.add_logging_arguments(naive)
+    for name, serve, help_text in (
+        ("serve-naive", serve_naive, "run the naive asyncio port (the baseline target)"),
+        ("serve-floor", serve_floor, "run the floor target (a bare protocol, nothing else)"),
+    ):
+        server = commands.add_parser(
+            name, help=help_text, description=serve.__doc__, formatter_class=cli.HelpFormatter
+        )
+        cli.add_connection_arguments(server)
+        cli.add_logging_arguments(server)
     return parser
 
 
@@ -1866,8 +1949,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    if args.command == "serve-naive":
-        return command_serve_naive(args, parser)
+    if args.command in ("serve-naive", "serve-floor"):
+        return command_serve(args, parser)
     handlers = {"run": command_run, "idle": command_idle, "cold-start": command_cold_start}
     try:
         return handlers[args.command](args)

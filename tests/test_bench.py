@@ -1,8 +1,8 @@
-"""bench.py smoke tests: one tiny matrix end to end, the reply check, the naive server.
+"""bench.py smoke tests: one tiny matrix end to end, the reply check, the bench-only servers.
 
 No timing is asserted: the numbers depend on the machine. What is checked is that the
 benchmark produces its reports, that a wrong reply is an error and never a number, and
-that the naive baseline speaks the protocol.
+that the naive baseline and the floor speak the protocol.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def test_run_writes_reports_with_verified_cells(tmp_path: Path) -> None:
     pytest.importorskip("rich")
     argv = [
         PYTHON, str(ROOT / "bench.py"), "run",
-        "--targets", "c,streams", "--loops", "asyncio",
-        "--connections", "1", "--sizes", "8",
+        "--targets", "c,floor,protocol", "--loops", "asyncio",
+        "--connections", "16", "--sizes", "8",
         "--warmup", "0.1", "--duration", "0.3", "--repeats", "1",
         "--out", str(tmp_path),
     ]  # fmt: skip
@@ -41,10 +41,10 @@ def test_run_writes_reports_with_verified_cells(tmp_path: Path) -> None:
     assert document["kind"] == "echoverse-bench"
     assert {"date", "cpu_model", "loadavg_start", "loadavg_end"} <= document["meta"].keys()
     cells = {cell["label"]: cell for cell in document["cells"]}
-    assert set(cells) == {"c-epoll", "streams-asyncio"}
+    assert set(cells) == {"c-epoll", "floor-asyncio", "protocol-asyncio"}
     for cell in cells.values():
         assert cell["error"] is None, cell["error"]
-        assert cell["connections"] == 1
+        assert cell["connections"] == 16
         assert cell["size"] == 8
         assert cell["rt_per_s"] > 0
         assert cell["mib_per_s"] > 0
@@ -56,7 +56,11 @@ def test_run_writes_reports_with_verified_cells(tmp_path: Path) -> None:
         assert cell["vs_c"]["cpu_us_per_rt"] is not None
     assert cells["c-epoll"]["vs_c"]["cpu_us_per_rt"] == pytest.approx(1.0)
     assert all(target["exit_status"] == 0 for target in document["targets"])
-    assert "| streams-asyncio | 1 | 8 B |" in (tmp_path / "bench.md").read_text()
+    assert "| protocol-asyncio | 16 | 8 B |" in (tmp_path / "bench.md").read_text()
+    # The issue-4 check for this cell, with the floor beside it.
+    (check,) = [c for c in document["checks"] if c["target"] == "protocol-asyncio"]
+    assert check["measured"] is not None
+    assert check["floor"] == cells["floor-asyncio"]["vs_c"]["cpu_us_per_rt"]
 
 
 @contextmanager
@@ -140,6 +144,20 @@ def test_loadgen_reports_a_wrong_reply_as_an_error(tmp_path: Path, reply: Reply)
     assert report["errors"] == 1
     assert "reversal" in str(report["first_error"])
     assert report["round_trips"] == 0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_floor_server_answers_each_batch(loop: str) -> None:
+    """The floor target (a bare protocol; the stdlib loop has its own buffered one)."""
+    argv = [PYTHON, str(ROOT / "bench.py"), "serve-floor", "--port", "0", "--loop", loop]
+    with running_server(argv) as server, socket.create_connection(server.address, TIMEOUT) as sock:
+        message = b"a message longer than twenty bytes"
+        sock.sendall(message)
+        reply = b""
+        while len(reply) < 2 * len(message):
+            reply += sock.recv(4096)
+        assert reply == b"".join(chunk + chunk[::-1] for chunk in (message[:20], message[20:]))
+    assert server.process.returncode == 0
 
 
 def test_naive_server_speaks_echo20() -> None:
