@@ -153,6 +153,10 @@ def format_address(address: Any) -> str:
     return "unix client" if address in ("", b"") else "unknown"
 
 
+# What a TLSTransport's protocol becomes once the connection is lost.
+_GONE = asyncio.BaseProtocol()
+
+
 class TLSTransport(asyncio.Protocol, asyncio.Transport):
     """TLS over a plain transport, that keeps writing after the peer's end of stream.
 
@@ -264,6 +268,11 @@ class TLSTransport(asyncio.Protocol, asyncio.Transport):
             self.protocol.connection_lost(exc)
         elif self._handshake_error is None:
             self._handshake_failed(exc or ConnectionResetError("connection lost"))
+        # Break the cycle with the protocol above (its transport is us), as asyncio's
+        # transports drop their protocol: otherwise every closed connection, with its
+        # TLS buffers, waits for the cyclic garbage collector (the soak saw +47 MiB).
+        self.protocol = _GONE
+        self._raw = None
 
     def pause_writing(self) -> None:
         if self._handshaken:
@@ -1335,8 +1344,8 @@ async def _open(
         async with asyncio.timeout(timeout):
             _, protocol = await connecting
             if isinstance(protocol, TLSTransport):
-                await protocol.handshake()
-                protocol = protocol.protocol
+                tls, protocol = protocol, protocol.protocol
+                await tls.handshake()
     except TimeoutError as error:
         raise StreamClosedError(
             real_error=TimeoutError(f"connect timed out after {timeout:g} s")

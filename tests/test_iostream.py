@@ -17,10 +17,12 @@ reply, our side has read everything the peer sent before it. Every wait is bound
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import ssl
 import struct
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, closing
 from typing import Any, TypeVar, cast
@@ -964,10 +966,15 @@ class Received(asyncio.BufferedProtocol):
         self.data = bytearray()
         self.pause_after_first = pause_after_first
         self.transport: asyncio.Transport | None = None
+        self.lost = False
         self.changed = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.changed.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self.changed.set()
 
     def get_buffer(self, sizehint: int) -> bytearray:
@@ -1096,3 +1103,28 @@ async def test_tls_stream_reports_the_peer_certificate(
         assert client.get_extra_info("cipher") is not None
         assert client.get_extra_info("sslcontext") is client_context
         assert client.get_extra_info("peername")[0] == "127.0.0.1"
+
+
+async def test_tls_transport_lets_go_of_its_protocol_once_the_connection_is_lost(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """No reference cycle outlives a connection: with the cyclic collector off, the
+    transports and protocols are freed as soon as nothing else holds them (the soak
+    under TLS grew by 47 MiB while closed connections waited for the collector)."""
+
+    async def one_connection() -> list[weakref.ref[Any]]:
+        server, client = Received(), Received()
+        async with tls_pair(tls_contexts, server, client) as (server_tls, client_tls):
+            client_tls.write(b"hello")
+            await server.wait_for(lambda: server.data == b"hello")
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_for(lambda: server.lost)
+            await client.wait_for(lambda: client.lost)
+        return [weakref.ref(thing) for thing in (server, client, server_tls, client_tls)]
+
+    gc.disable()
+    try:
+        references = await one_connection()
+        assert [reference() for reference in references] == [None] * 4
+    finally:
+        gc.enable()

@@ -4,6 +4,7 @@ Usage::
 
     python tools/soak.py                      # 2 minutes, the default server
     python tools/soak.py --seconds 30 --impl protocol --loop asyncio
+    python tools/soak.py --tls                # every client over TLS (a throwaway CA)
 
 The script starts ``echo_server.py`` on 127.0.0.1 (a free port) and runs, for
 ``--seconds``, a fixed number of good clients (exchanges of 1 byte to 1 MiB, each reply
@@ -31,9 +32,11 @@ import random
 import re
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -212,9 +215,30 @@ class Tally:
 Address = tuple[str, int]
 
 
+# With --tls: how the clients reach the server (set once, in main).
+CLIENT_TLS: ssl.SSLContext | None = None
+
+
 async def connect(address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     async with asyncio.timeout(STEP_TIMEOUT):
-        return await asyncio.open_connection(*address, limit=4 * MiB)
+        return await asyncio.open_connection(
+            *address,
+            limit=4 * MiB,
+            ssl=CLIENT_TLS,
+            server_hostname="localhost" if CLIENT_TLS else None,
+        )
+
+
+def shut_down_sending(writer: asyncio.StreamWriter) -> None:
+    """The end of stream: a FIN; under TLS a bare FIN on the socket, since asyncio's TLS
+    transport cannot half-close (the server must take it as the end of stream)."""
+    if CLIENT_TLS is None:
+        writer.write_eof()
+        return
+    # uvloop's stand-in socket refuses shutdown(); a duplicate of the descriptor is the
+    # same socket, and a shutdown is the socket's, not the descriptor's.
+    with socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno())) as sock:
+        sock.shutdown(socket.SHUT_WR)
 
 
 async def read_up_to(reader: asyncio.StreamReader, size: int) -> bytes:
@@ -357,7 +381,7 @@ async def half_closer(address: Address, rng: random.Random, tally: Tally) -> Non
     try:
         async with asyncio.timeout(STEP_TIMEOUT):
             await send(writer, message)
-            writer.write_eof()
+            shut_down_sending(writer)
             reply = await reader.read(-1)
         tally.owed(message, reply, "half-closer")
     finally:
@@ -449,6 +473,21 @@ async def wait_for_fds(server: Server, target: int) -> int:
     return count
 
 
+def throwaway_certificate() -> str:
+    """A certificate for localhost from a throwaway CA (trustme) that the clients trust."""
+    global CLIENT_TLS
+    try:
+        import trustme
+    except ImportError:
+        sys.exit("soak: --tls needs trustme: pip install 'echoverse[test]'")
+    ca = trustme.CA()
+    path = Path(tempfile.mkdtemp(prefix="soak-tls-")) / "server.pem"
+    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(path))
+    CLIENT_TLS = ssl.create_default_context()
+    ca.configure_trust(CLIENT_TLS)
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Good and hostile clients against echo_server.py, then a reckoning.",
@@ -461,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--good", type=int, default=16, help="good clients at a time")
     parser.add_argument("--hostile", type=int, default=32, help="hostile clients at a time")
     parser.add_argument("--seed", type=int, default=5, help="random seed for the clients")
+    parser.add_argument(
+        "--tls", action="store_true", help="serve and connect over TLS (needs trustme)"
+    )
     parser.add_argument(
         "--rss-margin-mib",
         type=float,
@@ -481,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         "--loop",
         args.loop,
     ]
+    if args.tls:
+        server_argv += ["--certfile", throwaway_certificate()]
     print(f"soak: {' '.join(server_argv[1:])}, {args.seconds:g} s", flush=True)
     server = Server(server_argv)
     server.wait_ready()
@@ -522,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     hostile = ", ".join(f"{kind} {count}" for kind, count in sorted(tally.hostile.items()))
     print(
         "\nsoak summary\n"
-        f"  duration          {args.seconds:g} s, server --impl {args.impl} (loop: {server.loop})\n"
+        f"  duration          {args.seconds:g} s, server --impl {args.impl} (loop: {server.loop})"
+        f"{', TLS' if args.tls else ''}\n"
         f"  exchanges         {tally.exchanges} verified in {tally.sessions} good sessions\n"
         f"  bytes verified    {tally.bytes_verified} ({tally.bytes_verified / MiB:.1f} MiB)\n"
         f"  lost bytes        {tally.lost_bytes}\n"
