@@ -151,24 +151,23 @@ def test_floor_server_answers_each_batch(loop: str) -> None:
     """The floor target (a bare protocol; the stdlib loop has its own buffered one)."""
     argv = [PYTHON, str(ROOT / "bench.py"), "serve-floor", "--port", "0", "--loop", loop]
     with running_server(argv) as server, socket.create_connection(server.address, TIMEOUT) as sock:
-        message = b"a message longer than twenty bytes"
-        sock.sendall(message)
-        reply = b""
-        while len(reply) < 2 * len(message):
-            reply += sock.recv(4096)
-        assert reply == b"".join(chunk + chunk[::-1] for chunk in (message[:20], message[20:]))
+        assert_answers_a_two_chunk_message(sock)
     assert server.process.returncode == 0
+
+
+def assert_answers_a_two_chunk_message(sock: socket.socket) -> None:
+    message = b"a message longer than twenty bytes"
+    sock.sendall(message)
+    reply = b""
+    while len(reply) < 2 * len(message):
+        reply += sock.recv(4096)
+    assert reply == b"".join(chunk + chunk[::-1] for chunk in (message[:20], message[20:]))
 
 
 def test_naive_server_speaks_echo20() -> None:
     argv = [PYTHON, str(ROOT / "bench.py"), "serve-naive", "--port", "0", "--loop", "asyncio"]
     with running_server(argv) as server, socket.create_connection(server.address, TIMEOUT) as sock:
-        message = b"a message longer than twenty bytes"
-        sock.sendall(message)
-        reply = b""
-        while len(reply) < 2 * len(message):
-            reply += sock.recv(4096)
-        assert reply == b"".join(chunk + chunk[::-1] for chunk in (message[:20], message[20:]))
+        assert_answers_a_two_chunk_message(sock)
         sock.sendall(b"over")
         tail = b""
         while data := sock.recv(4096):
