@@ -603,15 +603,17 @@ class IOStream(asyncio.BufferedProtocol):
             self._batch_starts.append(self._consumed + len(buffer))
         buffer += self._recv_view[:nbytes]
         self.bytes_read += nbytes
-        if waiter is not None:
+        if waiter is not None and not waiter.done():
             # Past max_buffer_size the waiting read decides: it completes if it can,
             # or fails with StreamBufferFullError. (Never raise here: on rloop an
             # exception from a protocol callback aborts the process.)
-            if (
-                len(buffer) >= self._wake_size or len(buffer) > self.max_buffer_size
-            ) and not waiter.done():
+            if len(buffer) >= self._wake_size or len(buffer) > self.max_buffer_size:
                 waiter.set_result(None)
         elif len(buffer) >= self._read_high_water:
+            # Nobody is reading, or the woken reader has not run yet: uvloop reads a
+            # socket up to 32 times per event and TLS hands up whole records, so
+            # without this one loop turn could buffer megabytes, and the reader then
+            # hold the loop for seconds working through them (seen at shutdown).
             self._pause_reading()
 
     def eof_received(self) -> bool:

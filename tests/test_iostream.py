@@ -892,6 +892,8 @@ class _EchoOnce(TCPServer):
 class _FakeTransport(asyncio.Transport):
     """Just enough transport to feed an IOStream by hand, without a socket."""
 
+    paused = False
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
@@ -899,10 +901,10 @@ class _FakeTransport(asyncio.Transport):
         return False
 
     def pause_reading(self) -> None:
-        pass
+        self.paused = True
 
     def resume_reading(self) -> None:
-        pass
+        self.paused = False
 
     def write(self, data: Any) -> None:
         pass
@@ -916,6 +918,35 @@ def _receive(stream: IOStream, data: bytes) -> None:
     view = stream.get_buffer(len(data))
     view[: len(data)] = data
     stream.buffer_updated(len(data))
+
+
+def test_reading_pauses_when_receives_outrun_a_woken_reader() -> None:
+    """Receives that come before a woken reader runs count against the high-water mark.
+
+    uvloop reads a socket up to 32 times per readiness event, and a TLS transport hands
+    up every record it has: one loop turn can bring megabytes while the reader's task
+    waits to run. Without the pause they all pile up, and the seed's loop then works
+    through them in one task step (seconds under TLS, blocking the loop).
+    """
+
+    async def scenario() -> None:
+        stream = IOStream()
+        transport = _FakeTransport()
+        stream.connection_made(transport)
+        read = await start(stream.read_bytes(20, partial=True))
+        for _ in range(2 * DEFAULT_READ_HIGH_WATER // len(CHUNK_OF_64K)):
+            _receive(stream, CHUNK_OF_64K)
+        assert transport.paused
+        assert await read == CHUNK_OF_64K[:20]
+        # The reader drains; below half the mark reading resumes.
+        while stream.buffered_size >= DEFAULT_READ_HIGH_WATER // 2:
+            await stream.read_bytes(64 * 1024)
+        assert not transport.paused
+
+    asyncio.run(scenario())
+
+
+CHUNK_OF_64K = bytes(range(256)) * 256
 
 
 def test_partial_reads_never_take_bytes_of_two_receives() -> None:
