@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import functools
 import io
 import logging
 import os
@@ -17,7 +19,7 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import loops
@@ -220,6 +222,27 @@ def raise_malloc_mmap_threshold() -> None:
     """
     primer = bytes(MALLOC_PRIMER_SIZE)
     del primer
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None  # not glibc
+    return trim
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free memory back to the system (glibc's ``malloc_trim``).
+
+    glibc keeps freed blocks on its heaps for reuse; after a burst of large messages,
+    TLS above all, a server that has gone idle would otherwise stay tens of MiB above
+    its resting size (soak: +25 MiB). Does nothing where there is no glibc.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def install_exception_handler() -> None:

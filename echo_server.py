@@ -29,6 +29,7 @@ from typing import Any, cast
 import cli
 import supervisor
 from iostream import (
+    Connection,
     IOStream,
     TCPServer,
     abort_with_reset,
@@ -65,6 +66,10 @@ log = logging.getLogger("echoverse.server")
 PROGRAM = "echoverse-server"
 
 
+# Seconds a server stays without connections before it hands freed memory back.
+MEMORY_RELEASE_DELAY = 0.5
+
+
 class EchoServer(TCPServer):
     """For every chunk of up to 20 bytes: the chunk, then the chunk reversed; ``over`` closes.
 
@@ -79,6 +84,21 @@ class EchoServer(TCPServer):
         super().__init__(**kwargs)
         self.verbose = verbose
         self.text = text
+        self._memory_release: asyncio.TimerHandle | None = None
+
+    def forget_connection(self, connection: Connection) -> None:
+        super().forget_connection(connection)
+        if not self.connections and self._memory_release is None:
+            # Idle: give the memory of the last burst back to the system, once things
+            # settle (a trim walks the heap: not on every disconnect of a busy server).
+            self._memory_release = asyncio.get_running_loop().call_later(
+                MEMORY_RELEASE_DELAY, self._release_memory_if_idle
+            )
+
+    def _release_memory_if_idle(self) -> None:
+        self._memory_release = None
+        if not self.connections:
+            cli.release_free_memory()
 
     async def handle_stream(self, stream: IOStream, address: Any) -> None:
         if self.text:

@@ -546,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
                 run_clients(address, args.seconds, args.good, args.hostile, args.seed, server)
             )
             end_fds = runner.run(wait_for_fds(server, start_fds))
+        # The server hands freed memory back 0.5 s after its last connection ends
+        # (echo_server.MEMORY_RELEASE_DELAY); measure after that.
+        time.sleep(1.0)
         end_rss = server.rss_kib()
     finally:
         status = server.stop()
