@@ -499,8 +499,12 @@ class TLSTransport(asyncio.Protocol, asyncio.Transport):
             return self._context
         if name == "ssl_object":
             return self._tls
-        if name in ("peercert", "cipher", "compression"):
-            return getattr(self._tls, "getpeercert" if name == "peercert" else name)()
+        if name == "peercert":
+            return self._tls.getpeercert()
+        if name == "cipher":
+            return self._tls.cipher()
+        if name == "compression":
+            return self._tls.compression()
         if self._raw is None:
             return default
         return self._raw.get_extra_info(name, default)
