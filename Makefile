@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 # Reinstall whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
 
-MODULES := protocol.py iostream.py loops.py cli.py echo_server.py echo_client.py supervisor.py bench.py tornado_server.py tornado_client.py
+# One list for ruff and mypy: every Python file of the project, tests and tools included.
+CHECKED := protocol.py echo_server.py echo_client.py echoverse tests tools
 
 .PHONY: help install demo test lint format bench compare soak clean
 
@@ -38,19 +39,20 @@ compare: $(STAMP)
 	$(BIN)/python tools/compare.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy $(MODULES)
+	$(BIN)/ruff check $(CHECKED)
+	$(BIN)/ruff format --check $(CHECKED)
+	$(BIN)/mypy $(CHECKED)
+	$(BIN)/mypy tests/conformance/conftest.py
 
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 # The quick matrix: every target on every installed loop, one short repeat per cell.
-# `python bench.py run --help` for the full one; `bench.py idle` and `bench.py cold-start`
+# `echoverse-bench run --help` for the full one; `echoverse-bench idle` and `echoverse-bench cold-start`
 # measure memory per idle connection and a fresh server's first clients.
 bench: $(STAMP)
-	$(BIN)/python bench.py run --warmup 0.2 --duration 0.6 --repeats 1 --max-inflight 256k --ramp-timeout 10
+	$(BIN)/python -m echoverse.bench run --warmup 0.2 --duration 0.6 --repeats 1 --max-inflight 256k --ramp-timeout 10
 
 # Good and hostile clients for 2 minutes, then lost bytes, tracebacks, memory and fds
 # checked; e.g. `make soak SOAK_ARGS="--seconds 30 --impl protocol"`.

@@ -22,8 +22,11 @@ import ssl
 import sys
 from collections.abc import Iterable
 
-import cli
-from iostream import IOStream, TCPClient, format_address
+from echoverse import cli
+from echoverse.errors import ClientError
+from echoverse.iostream import IOStream
+from echoverse.netutil import format_address
+from echoverse.tcpclient import TCPClient
 from protocol import (
     ProtocolError,
     Reply,
@@ -41,10 +44,6 @@ PROGRAM = "echoverse-client"
 # Exit statuses as shells report a process ended by SIGINT (Ctrl-C) and by SIGPIPE.
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
-
-
-class ClientError(Exception):
-    """A failure to report as one line on stderr, exit status 1."""
 
 
 async def exchange(stream: IOStream, message: bytes, timeout: float | None) -> Reply:

@@ -15,13 +15,8 @@ The protocol, from ``tcp_server.py`` in the seed article (see ``SPEC.md``):
 * a chunk equal to :data:`CLOSE_CHUNK` closes the connection after both replies; bytes
   after that chunk are discarded.
 
-Exceptions form one family, drawn here::
-
-    EchoverseError
-    ├── StreamClosedError        (also an OSError, as Tornado's is an IOError)
-    ├── UnsatisfiableReadError   (a read's max_bytes was exceeded)
-    ├── StreamBufferFullError    (a read needed more than max_buffer_size)
-    └── ProtocolError            (the peer's bytes are not a valid double reply)
+The exceptions are the package's one family (``echoverse/errors.py``); the core
+raises :class:`ProtocolError` and re-exports the family's stream errors.
 """
 
 from __future__ import annotations
@@ -31,6 +26,15 @@ import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from echoverse.errors import (
+    EchoverseError,
+    ProtocolError,
+    StreamBufferFullError,
+    StreamClosedError,
+    UnsatisfiableReadError,
+    describe_error,
+)
 
 __all__ = [
     "CHUNK_SIZE",
@@ -45,6 +49,7 @@ __all__ = [
     "batch_closes",
     "build_reply",
     "build_text_reply",
+    "describe_error",
     "double_reply",
     "format_bytes",
     "is_close_chunk",
@@ -75,53 +80,6 @@ MAX_BATCH_SIZE = 64 * 1024
 # ``if msg == 'over': stream.close()`` in the seed: only a chunk equal to these four bytes
 # closes, never a chunk that merely contains them.
 CLOSE_CHUNK = b"over"
-
-
-# --- exceptions ---------------------------------------------------------------------
-
-
-class EchoverseError(Exception):
-    """Base class of every error this project raises on purpose."""
-
-
-class StreamClosedError(EchoverseError, OSError):
-    """A read or write on a stream that is closed, whoever closed it.
-
-    Tornado's name and meaning: ``real_error`` holds what closed the stream (a
-    ``ConnectionResetError``, a ``BrokenPipeError``, an :class:`UnsatisfiableReadError`...),
-    or ``None`` when it ended cleanly (end of stream, or our own ``close()``).
-    """
-
-    def __init__(self, real_error: BaseException | None = None) -> None:
-        super().__init__("Stream is closed")
-        self.real_error = real_error
-
-    def __str__(self) -> str:
-        if self.real_error is None:
-            return "Stream is closed"
-        return f"Stream is closed ({describe_error(self.real_error)})"
-
-
-class UnsatisfiableReadError(EchoverseError):
-    """A ``read_until``/``read_until_regex`` cannot finish within its ``max_bytes``.
-
-    As in Tornado, callers never see this one raised: the stream is closed and the read
-    raises :class:`StreamClosedError` whose ``real_error`` is this exception.
-    """
-
-
-class StreamBufferFullError(EchoverseError):
-    """A read needed more buffered bytes than the stream's ``max_buffer_size`` allows."""
-
-
-class ProtocolError(EchoverseError):
-    """Bytes from the peer that the echo20 protocol cannot have produced."""
-
-
-def describe_error(error: BaseException) -> str:
-    """One line for a log or a terminal: ``ConnectionResetError: [Errno 104] ...``."""
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # --- the server side ----------------------------------------------------------------

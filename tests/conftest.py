@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import loops
+from echoverse import loops
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 

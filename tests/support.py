@@ -6,6 +6,7 @@ server command, the Tornado reference included.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -101,7 +103,8 @@ def start_server(argv: Sequence[str], *, cwd: Path = ROOT) -> ServerProcess:
     assert process.stdout is not None
     assert process.stderr is not None
     stderr_chunks: list[bytes] = []
-    stderr = process.stderr
+    # Popen's pipes are buffered readers, which have read1 (typeshed says IO[bytes]).
+    stderr = cast(io.BufferedReader, process.stderr)
 
     def drain_stderr() -> None:
         for chunk in iter(lambda: stderr.read1(65536), b""):

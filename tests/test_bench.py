@@ -17,9 +17,9 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
-from support import PYTHON, ROOT, TIMEOUT, running_server
+from support import PYTHON, TIMEOUT, running_server
 
-import bench
+from echoverse.bench import main as bench
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="bench.py needs a C compiler")
 
@@ -29,7 +29,7 @@ Reply = Callable[[bytes], bytes]
 def test_run_writes_reports_with_verified_cells(tmp_path: Path) -> None:
     pytest.importorskip("rich")
     argv = [
-        PYTHON, str(ROOT / "bench.py"), "run",
+        PYTHON, "-m", "echoverse.bench", "run",
         "--targets", "c,floor,protocol", "--loops", "asyncio",
         "--connections", "16", "--sizes", "8",
         "--warmup", "0.1", "--duration", "0.3", "--repeats", "1",
@@ -149,7 +149,7 @@ def test_loadgen_reports_a_wrong_reply_as_an_error(tmp_path: Path, reply: Reply)
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_floor_server_answers_each_batch(loop: str) -> None:
     """The floor target (a bare protocol; the stdlib loop has its own buffered one)."""
-    argv = [PYTHON, str(ROOT / "bench.py"), "serve-floor", "--port", "0", "--loop", loop]
+    argv = [PYTHON, "-m", "echoverse.bench", "serve-floor", "--port", "0", "--loop", loop]
     with running_server(argv) as server, socket.create_connection(server.address, TIMEOUT) as sock:
         assert_answers_a_two_chunk_message(sock)
     assert server.process.returncode == 0
@@ -165,7 +165,7 @@ def assert_answers_a_two_chunk_message(sock: socket.socket) -> None:
 
 
 def test_naive_server_speaks_echo20() -> None:
-    argv = [PYTHON, str(ROOT / "bench.py"), "serve-naive", "--port", "0", "--loop", "asyncio"]
+    argv = [PYTHON, "-m", "echoverse.bench", "serve-naive", "--port", "0", "--loop", "asyncio"]
     with running_server(argv) as server, socket.create_connection(server.address, TIMEOUT) as sock:
         assert_answers_a_two_chunk_message(sock)
         sock.sendall(b"over")

@@ -7,7 +7,7 @@ the threshold only when such a block is freed. A loop that receives into a fresh
 256 KiB buffer and shrinks it to the bytes received (``socket.recv``, rloop's reads)
 frees only small mapped blocks, so until a client disconnects every receive costs an
 mmap, an mremap and a munmap (CPython issue 85451). The server calls
-``cli.raise_malloc_mmap_threshold()`` at start; this shows the difference in page
+``runtime.raise_malloc_mmap_threshold()`` at start; this shows the difference in page
 faults, in fresh interpreters, receiving over a Unix socket pair. No timing involved.
 """
 
@@ -31,9 +31,9 @@ RECEIVES = 2000
 # block of a few hundred KiB, which raises the threshold that far.
 PROBE = f"""
 import resource, socket, sys
-import cli
+from echoverse import runtime
 if sys.argv[1] == "primed":
-    cli.raise_malloc_mmap_threshold()
+    runtime.raise_malloc_mmap_threshold()
 a, b = socket.socketpair()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range({RECEIVES}):
@@ -66,11 +66,11 @@ def test_primed_receives_reuse_the_heap() -> None:
 
 # Allocate 64 blocks of 512 KiB (heap blocks once the threshold is raised), free all but
 # the last, which pins the heap's top so that free() alone cannot shrink it; print the
-# resident KiB before and after cli.release_free_memory().
+# resident KiB before and after runtime.release_free_memory().
 TRIM_PROBE = """
 import sys
-import cli
-cli.raise_malloc_mmap_threshold()
+from echoverse import runtime
+runtime.raise_malloc_mmap_threshold()
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
@@ -78,7 +78,7 @@ def rss():
 blocks = [b"%d" % n * (512 * 1024 // 2) for n in range(64)]
 del blocks[:-1]
 before = rss()
-cli.release_free_memory()
+runtime.release_free_memory()
 print(before, rss())
 """
 

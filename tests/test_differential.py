@@ -41,8 +41,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import TIMEOUT
 
-import loops
-from iostream import IOStream
+from echoverse import loops
+from echoverse.iostream import IOStream
 
 # --- where the port differs from Tornado by design ------------------------------------
 

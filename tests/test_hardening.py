@@ -47,7 +47,8 @@ from support import (
 )
 
 import echo_server
-from iostream import TCPClient
+from echoverse import runtime, servers
+from echoverse.tcpclient import TCPClient
 
 LOOPS = ("asyncio", "uvloop")
 IMPLS = ("streams", "protocol")
@@ -1103,8 +1104,8 @@ async def test_idle_server_hands_memory_back(impl: str, monkeypatch: pytest.Monk
         calls.append(server.connections)
         released.set()
 
-    monkeypatch.setattr(echo_server.cli, "release_free_memory", release)
-    monkeypatch.setattr(echo_server, "MEMORY_RELEASE_DELAY", 0.05)
+    monkeypatch.setattr(runtime, "release_free_memory", release)
+    monkeypatch.setattr(servers, "MEMORY_RELEASE_DELAY", 0.05)
     server = echo_server.IMPLEMENTATIONS[impl]()
     await server.listen(0, "127.0.0.1")
     address = server.sockets[0].getsockname()

@@ -31,8 +31,11 @@ import pytest
 import trustme
 from support import TIMEOUT
 
-from iostream import DEFAULT_READ_HIGH_WATER, IOStream, TCPClient, TCPServer, TLSTransport
-from protocol import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
+from echoverse.errors import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
+from echoverse.iostream import DEFAULT_READ_HIGH_WATER, IOStream
+from echoverse.tcpclient import TCPClient
+from echoverse.tcpserver import TCPServer
+from echoverse.tls import TLSTransport
 
 T = TypeVar("T")
 

@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import loops  # noqa: E402  (the project's loop table, for the clients' own loop)
+from echoverse import loops  # noqa: E402  (the project's loop table, for the clients' own loop)
 
 HOST = "127.0.0.1"
 CHUNK = 20

@@ -63,42 +63,42 @@ def installed(package: str) -> bool:
     return True
 
 
-def _target(script: str, loop: str, *extra: str) -> tuple[str, ...]:
-    return (PYTHON, script, "--port", "0", "--loop", loop, *extra)
+def _target(module: str, loop: str, *extra: str) -> tuple[str, ...]:
+    return (PYTHON, "-m", module, "--port", "0", "--loop", loop, *extra)
 
 
 TARGETS: tuple[Target, ...] = (
     Target(
         "tornado-asyncio",
-        _target("tornado_server.py", "asyncio"),
+        _target("echoverse.reference.tornado_server", "asyncio"),
         "the seed's server on Tornado 6 (the reference), asyncio loop",
         ("tornado",),
     ),
     Target(
         "tornado-uvloop",
-        _target("tornado_server.py", "uvloop"),
+        _target("echoverse.reference.tornado_server", "uvloop"),
         "the seed's server on Tornado 6 (the reference), uvloop",
         ("tornado", "uvloop"),
     ),
     Target(
         "streams-asyncio",
-        _target("echo_server.py", "asyncio", "--impl", "streams"),
+        _target("echo_server", "asyncio", "--impl", "streams"),
         "the port: the seed's loop on the asyncio IOStream, asyncio loop",
     ),
     Target(
         "streams-uvloop",
-        _target("echo_server.py", "uvloop", "--impl", "streams"),
+        _target("echo_server", "uvloop", "--impl", "streams"),
         "the port: the seed's loop on the asyncio IOStream, uvloop",
         ("uvloop",),
     ),
     Target(
         "protocol-asyncio",
-        _target("echo_server.py", "asyncio", "--impl", "protocol"),
+        _target("echo_server", "asyncio", "--impl", "protocol"),
         "the port's fast path (a BufferedProtocol on the stdlib loop), asyncio loop",
     ),
     Target(
         "protocol-uvloop",
-        _target("echo_server.py", "uvloop", "--impl", "protocol"),
+        _target("echo_server", "uvloop", "--impl", "protocol"),
         "the port's fast path (an asyncio.Protocol on uvloop), uvloop",
         ("uvloop",),
     ),

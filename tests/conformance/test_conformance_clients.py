@@ -19,7 +19,7 @@ from conformance_targets import RunningServer, free_port, installed
 from echo20 import CLOSE_CHUNK, one_batch_chunks, shown_reversed
 from support import PYTHON, ROOT, TIMEOUT
 
-CLIENTS = ("echo_client.py", "tornado_client.py")
+CLIENTS = ("echo_client.py", "echoverse/reference/tornado_client.py")
 
 pytestmark = pytest.mark.skipif(
     not installed("tornado"), reason="tornado_client.py needs tornado: pip install -e '.[test]'"

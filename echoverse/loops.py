@@ -16,6 +16,8 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 
+from echoverse.errors import LoopUnavailableError
+
 __all__ = ["AUTO", "LOOP_NAMES", "LoopUnavailableError", "available_loops", "loop_factory"]
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -31,10 +33,6 @@ _LOOP_MODULES: dict[str, str] = {
 }
 
 LOOP_NAMES: tuple[str, ...] = tuple(_LOOP_MODULES)
-
-
-class LoopUnavailableError(RuntimeError):
-    """A loop was asked for by name and its package is not installed."""
 
 
 def is_available(name: str) -> bool:

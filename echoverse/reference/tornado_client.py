@@ -26,8 +26,9 @@ from collections.abc import Iterable
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
-import cli
-from iostream import format_address
+from echoverse import cli
+from echoverse.errors import ClientError
+from echoverse.netutil import format_address
 from protocol import ProtocolError, Reply, describe_error, format_bytes, reply_size, split_reply
 
 __all__ = ["exchange", "main"]
@@ -40,10 +41,6 @@ EXIT_INTERRUPTED = 130
 
 # The loops Tornado 6 runs on here, the seed's own (asyncio's default loop) first.
 LOOP_CHOICES = ("asyncio", "uvloop", "auto")
-
-
-class ClientError(Exception):
-    """A failure to report as one line on stderr, exit status 1."""
 
 
 async def exchange(stream: IOStream, message: bytes, timeout: float | None) -> Reply:

@@ -22,8 +22,8 @@ from tornado import iostream
 from tornado.netutil import bind_sockets
 from tornado.tcpserver import TCPServer
 
-import cli
-from iostream import format_address
+from echoverse import cli, runtime
+from echoverse.netutil import format_address
 
 __all__ = ["MyTcpServer", "main"]
 
@@ -138,7 +138,7 @@ async def serve(args: argparse.Namespace, loop_name: str) -> int:
         return 1
     server.add_sockets(sockets)
     stop = asyncio.Event()
-    cli.install_stop_signals(stop)
+    runtime.install_stop_signals(stop)
     print(cli.ready_line(sockets[0].getsockname(), loop_name), flush=True)
     await stop.wait()
     await server.shutdown(args.shutdown_timeout)

@@ -58,14 +58,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
-import cli
-import loops
-from iostream import close_gracefully
+from echoverse import cli, loops, runtime
+from echoverse.errors import BenchError
+from echoverse.netutil import close_gracefully
 from protocol import CHUNK_SIZE, CLOSE_CHUNK, ProtocolError, build_reply, split_reply
 
 __all__ = ["main"]
 
-PROGRAM = "bench.py"
+PROGRAM = "echoverse-bench"
 ROOT = Path(__file__).resolve().parent
 
 TARGETS = ("c", "floor", "tornado", "tornado-nodelay", "naive", "streams", "protocol")
@@ -109,10 +109,6 @@ READY_LINE = re.compile(
 )
 
 LATENCY_KEYS = ("p50", "p90", "p99", "p99.9", "max")
-
-
-class BenchError(Exception):
-    """Something the benchmark cannot work around: a target that does not start, no cc."""
 
 
 # --- command-line values ------------------------------------------------------------
@@ -258,12 +254,12 @@ def server_argv(target: Target, host: str, tools: Tools) -> list[str]:
     # Warnings only: per-connection log lines would be measured as server work.
     common = ["--host", host, "--port", "0", "--loop", target.loop, "--log-level", "warning"]
     if target.name == "tornado":
-        return [python, str(ROOT / "tornado_server.py"), *common]
+        return [python, "-m", "echoverse.reference.tornado_server", *common]
     if target.name == "tornado-nodelay":
-        return [python, str(ROOT / "tornado_server.py"), *common, "--nodelay"]
+        return [python, "-m", "echoverse.reference.tornado_server", *common, "--nodelay"]
     if target.name in ("naive", "floor"):
-        return [python, str(ROOT / "bench.py"), f"serve-{target.name}", *common]
-    return [python, str(ROOT / "echo_server.py"), *common, "--impl", target.name]
+        return [python, "-m", "echoverse.bench", f"serve-{target.name}", *common]
+    return [python, "-m", "echo_server", *common, "--impl", target.name]
 
 
 def build_tools(build_dir: Path) -> Tools:
@@ -276,7 +272,7 @@ def build_tools(build_dir: Path) -> Tools:
     compiler = os.environ.get("CC", "cc")
     built: dict[str, Path] = {}
     for name in ("c_echo_server", "c_loadgen"):
-        source = ROOT / "tools" / f"{name}.c"
+        source = ROOT / f"{name}.c"
         digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
         binary = build_dir / f"{name}-{digest}"
         if not binary.exists():
@@ -391,7 +387,6 @@ def start_server(target: Target, argv: Sequence[str], *, log_dir: Path, cpu: int
         # stops every server itself.
         process = subprocess.Popen(
             list(argv),
-            cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -478,10 +473,8 @@ def servers_running(
 
 
 def launch(target: Target, *, tools: Tools, host: str, log_dir: Path, cpu: int | None) -> Server:
-    """Start one target's server (the script must exist)."""
+    """Start one target's server."""
     argv = server_argv(target, host, tools)
-    if argv[0] == sys.executable and not Path(argv[1]).exists():
-        raise BenchError(f"{Path(argv[1]).name} not found")
     return start_server(target, argv, log_dir=log_dir, cpu=cpu)
 
 
@@ -1253,7 +1246,7 @@ def command_run(args: argparse.Namespace) -> int:
     """The matrix: every target at every (connections, size), ``repeats`` times."""
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
-    cli.raise_open_file_limit()
+    runtime.raise_open_file_limit()
     tools = build_tools(out_dir / "build")
     pinning = choose_cpus(args.pin)
     targets, skipped = expand_targets(args.targets, args.loops)
@@ -1379,7 +1372,7 @@ def command_idle(args: argparse.Namespace) -> int:
     """RSS per idle connection: N connections that each exchanged one message, then wait."""
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
-    cli.raise_open_file_limit()
+    runtime.raise_open_file_limit()
     tools = build_tools(out_dir / "build")
     pinning = choose_cpus(args.pin)
     targets, skipped = expand_targets(args.targets, args.loops)
@@ -1523,7 +1516,7 @@ def command_cold_start(args: argparse.Namespace) -> int:
     """
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
-    cli.raise_open_file_limit()
+    runtime.raise_open_file_limit()
     tools = build_tools(out_dir / "build")
     pinning = choose_cpus(args.pin)
     targets, skipped = expand_targets(args.targets, args.loops)
@@ -1721,7 +1714,7 @@ async def serve_until_stopped(
         cli.listen_error_line(f"{PROGRAM} {command}", f"{host}:{port}", error)
         return 1
     stop = asyncio.Event()
-    cli.install_stop_signals(stop)
+    runtime.install_stop_signals(stop)
     # No serve_forever(): on rloop 0.5 it stops the server from accepting (FACTS.md).
     print(cli.ready_line(server.sockets[0].getsockname(), loop_name), flush=True)
     await stop.wait()
@@ -1767,7 +1760,7 @@ async def serve_naive(host: str, port: int, loop_name: str) -> int:
 def command_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``serve-naive`` and ``serve-floor``: a bench-only server on the chosen loop."""
     cli.configure_logging(args.log_level)
-    cli.raise_open_file_limit()
+    runtime.raise_open_file_limit()
     loop_name, factory = cli.resolve_loop(parser, args.loop)
     serve = serve_floor if args.command == "serve-floor" else serve_naive
     with asyncio.Runner(loop_factory=factory) as runner:

@@ -16,8 +16,8 @@ import signal
 import socket
 import sys
 
-import cli
-from iostream import format_address
+from echoverse import cli, runtime
+from echoverse.netutil import format_address
 
 __all__ = ["MAX_RESTARTS", "run"]
 
@@ -124,7 +124,7 @@ class Supervisor:
         print(started[0][1], flush=True)
         log.info("serving from %d worker processes", self.count)
         stop = asyncio.Event()
-        cli.install_stop_signals(stop)
+        runtime.install_stop_signals(stop)
         watchers = [asyncio.create_task(self.watch(process)) for process, _ in started]
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopped, *watchers], return_when=asyncio.FIRST_COMPLETED)
