@@ -10,6 +10,10 @@ For each message it prints two lines, the echo and the reversed text. Unlike the
 client, it reads exactly the ``2 * len(message)`` bytes the message earns, so it neither
 hangs when both replies arrive in one segment nor falls out of step on messages over 20
 bytes.
+
+It connects with ``asyncio.open_connection``'s own lines (``echoverse.streams``), with a
+StreamReader that hands out a reply received before the server reset the connection,
+and reads each reply with ``readexactly(2 * len(message))``.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from collections.abc import Iterable
 
 from echoverse import cli
 from echoverse.errors import ClientError
-from echoverse.iostream import IOStream
 from echoverse.netutil import format_address
-from echoverse.tcpclient import TCPClient
+from echoverse.streams import (
+    StreamReader,
+    closed_stream_errors,
+    open_connection,
+    open_unix_connection,
+)
 from protocol import (
     ProtocolError,
     Reply,
@@ -46,34 +54,49 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 
-async def exchange(stream: IOStream, message: bytes, timeout: float | None) -> Reply:
+async def exchange(
+    reader: StreamReader, writer: asyncio.StreamWriter, message: bytes, timeout: float | None
+) -> Reply:
     """Send one message and read its whole double reply, taken apart into chunks.
 
-    Raises :class:`ClientError` when the server does not answer in time, closes early,
-    or answers with bytes that are not the message's double reply.
+    The client knows the reply's size (``2 * len(message)``), so it reads exactly that:
+    it never waits for a reply that is not coming and never falls out of step, which
+    the seed's two ``read_bytes(20, partial=True)`` calls do. Raises
+    :class:`ClientError` when the server does not answer in time, closes early, or
+    answers with bytes that are not the message's double reply.
     """
-    if stream.buffered_size:
+    if reader.buffered_size:
         raise ClientError(
-            f"the server sent {stream.buffered_size} bytes more than the last reply was owed"
+            f"the server sent {reader.buffered_size} bytes more than the last reply was owed"
         )
     expected = reply_size(message)
     try:
         async with asyncio.timeout(timeout):
-            # The write belongs in here too: it raises StreamClosedError when the server
-            # hung up while we waited for input, and it waits while a server that does
-            # not read leaves the send buffer full.
-            await stream.write(message)
-            reply = await stream.read_bytes(expected)
+            with closed_stream_errors():
+                if writer.transport.is_closing():
+                    raise StreamClosedError(real_error=reader.exception())
+                # No drain(): the transport keeps what the socket cannot take yet while
+                # readexactly() reads the replies, so a large message cannot deadlock
+                # against a server whose replies fill our receive buffer.
+                writer.write(message)
+                reply = await reader.readexactly(expected)
     except TimeoutError:
         raise ClientError(
             f"no complete reply within {timeout:g} s "
-            f"({stream.buffered_size} of {expected} bytes arrived)"
+            f"({reader.buffered_size} of {expected} bytes arrived)"
         ) from None
     except StreamClosedError as error:
         cause = f": {describe_error(error.real_error)}" if error.real_error else ""
+        # At the end of stream readexactly() hands the bytes it took over in the error.
+        incomplete = error.__cause__
+        arrived = (
+            len(incomplete.partial)
+            if isinstance(incomplete, asyncio.IncompleteReadError)
+            else reader.buffered_size
+        )
         raise ClientError(
             f"server closed the connection before the whole reply arrived "
-            f"({stream.buffered_size} of {expected} bytes){cause}"
+            f"({arrived} of {expected} bytes){cause}"
         ) from None
     try:
         return split_reply(message, reply)
@@ -81,14 +104,16 @@ async def exchange(stream: IOStream, message: bytes, timeout: float | None) -> R
         raise ClientError(f"invalid reply from the server: {error}") from None
 
 
-async def close_stream(stream: IOStream, timeout: float | None) -> None:
+async def close_connection(writer: asyncio.StreamWriter, timeout: float | None) -> None:
     """Close, giving queued bytes ``timeout`` seconds to leave before a reset."""
-    stream.close()
+    writer.close()
     try:
         async with asyncio.timeout(timeout):
-            await stream.wait_closed()
+            await writer.wait_closed()
     except TimeoutError:
-        stream.abort()
+        writer.transport.abort()
+    except OSError:
+        pass  # the server had already reset the connection: nothing is left to close
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +156,25 @@ def client_tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
+async def connect(
+    args: argparse.Namespace,
+) -> tuple[StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection`` (or the Unix socket's), as a ClientError when it fails."""
+    where = format_address(args.unix or (args.host, args.port))
+    tls = client_tls_context(args)
+    try:
+        async with asyncio.timeout(args.timeout):
+            if args.unix:
+                return await open_unix_connection(args.unix, ssl=tls)
+            return await open_connection(args.host, args.port, ssl=tls)
+    except TimeoutError:
+        raise ClientError(
+            f"cannot connect to {where}: no answer within {args.timeout:g} s"
+        ) from None
+    except OSError as error:
+        raise ClientError(f"cannot connect to {where}: {describe_error(error)}") from None
+
+
 def run_session(
     args: argparse.Namespace,
     runner: asyncio.Runner,
@@ -145,33 +189,24 @@ def run_session(
     plain ``KeyboardInterrupt``. Messages from ``-m`` or a pipe run in one
     ``runner.run``: starting the loop per message would cost more than the exchange.
     """
-    where = format_address(args.unix or (args.host, args.port))
-    tls = client_tls_context(args)
-    client = TCPClient()
-    if args.unix:
-        connecting = client.connect_unix(args.unix, timeout=args.timeout, ssl=tls)
-    else:
-        connecting = client.connect(args.host, args.port, timeout=args.timeout, ssl=tls)
-    try:
-        stream = runner.run(connecting)
-    except StreamClosedError as error:
-        detail = describe_error(error.real_error) if error.real_error else "connection closed"
-        raise ClientError(f"cannot connect to {where}: {detail}") from None
+    reader, writer = runner.run(connect(args))
     try:
         if interactive:
             for message in messages:
-                if message and show(runner.run(exchange(stream, message, args.timeout))):
+                if message and show(runner.run(exchange(reader, writer, message, args.timeout))):
                     break
         else:
-            runner.run(exchange_all(stream, messages, args.timeout))
+            runner.run(exchange_all(reader, writer, messages, args.timeout))
     finally:
-        runner.run(close_stream(stream, args.timeout))
+        runner.run(close_connection(writer, args.timeout))
 
 
-async def exchange_all(stream: IOStream, messages: Iterable[bytes], timeout: float) -> None:
+async def exchange_all(
+    reader: StreamReader, writer: asyncio.StreamWriter, messages: Iterable[bytes], timeout: float
+) -> None:
     """Every message in turn, each reply shown before the next message goes out."""
     for message in messages:
-        if message and show(await exchange(stream, message, timeout)):
+        if message and show(await exchange(reader, writer, message, timeout)):
             return
 
 

@@ -5,15 +5,16 @@ Run it::
     python echo_server.py --port 8888
     python echo_client.py -m hello -m over --port 8888
 
-Two implementations share the listener, the shutdown and the protocol core
-(``protocol.py``), chosen with ``--impl``:
+Three implementations put the same bytes on the wire and share the listener, the
+limits, the shutdown and the protocol core (``protocol.py``); ``--impl`` chooses:
 
-* ``streams`` (default): :class:`EchoServer`, the seed's ``MyTcpServer`` on the IOStream
-  port: the same loop of ``read_bytes(20, partial=True)`` and writes.
-* ``protocol``: :class:`FastEchoServer`, an ``asyncio.BufferedProtocol`` with no stream
-  and no task per connection: each received batch is answered with one write.
-
-Both put the same bytes on the wire.
+* ``streams`` (default): :class:`StreamsEchoServer`, the seed's handler written with
+  ``asyncio.start_server``'s StreamReader and StreamWriter: a partial read of 20 bytes,
+  the chunk and its reversal written, ``drain()``, and ``over`` closes.
+* ``iostream``: :class:`~echoverse.servers.EchoServer`, the seed's ``handle_stream``
+  on the port of Tornado's IOStream, for people moving Tornado code.
+* ``protocol``: :class:`~echoverse.servers.FastEchoServer`, the fast path: an asyncio
+  protocol with no stream and no task per connection, one write per received batch.
 """
 
 from __future__ import annotations
@@ -23,22 +24,197 @@ import asyncio
 import logging
 import ssl
 import sys
+from typing import Any
 
 from echoverse import cli, runtime, supervisor
 from echoverse.errors import describe_error
 from echoverse.netutil import format_address
-from echoverse.servers import EchoServer, FastEchoServer
+from echoverse.servers import EchoServer, FastEchoServer, log_chunks
+from echoverse.streams import READ_LIMIT, CoalescingWriter, closed_stream_errors, read_partial
+from protocol import CHUNK_SIZE, MAX_BATCH_SIZE, EchoSession
 
-__all__ = ["IMPLEMENTATIONS", "main"]
+__all__ = ["IMPLEMENTATIONS", "StreamsEchoServer", "main"]
 
 log = logging.getLogger("echoverse.server")
 
 PROGRAM = "echoverse-server"
 
 
+class StreamsEchoServer(EchoServer):
+    """``--impl streams``: the seed's server on ``asyncio.start_server``.
+
+    Example::
+
+        server = StreamsEchoServer()
+        await server.listen(0, "127.0.0.1")
+        port = server.sockets[0].getsockname()[1]
+
+    Each connection gets asyncio's StreamReader and StreamWriter, as
+    ``asyncio.start_server`` makes them, and :meth:`handle_connection` runs the seed's
+    loop on them. Under TLS the same pair is built by the same lines over the port's
+    own TLS layer, because asyncio's TLS transport drops the replies owed after the
+    client's ``close_notify``.
+    """
+
+    async def handle_connection(
+        self, reader: asyncio.StreamReader, writer: CoalescingWriter, session: EchoSession
+    ) -> None:
+        """The seed's ``handle_stream``: read up to 20 bytes, send them and their
+        reversal, and close after ``over``.
+
+        ``read_partial`` is ``reader.read(20)`` raising ``StreamClosedError`` at the end,
+        as Tornado's ``read_bytes(20, partial=True)`` does; the session makes the double
+        reply and knows the ``over`` rule. The writer sends one loop turn's replies in one
+        ``send``; ``drain()`` waits while the client is not reading.
+        """
+        address = writer.get_extra_info("peername")
+        # Text mode: a chunk must see past byte 20 not to cut a character, so all that
+        # is buffered is read as one batch and the session cuts it.
+        size = MAX_BATCH_SIZE if self.text else CHUNK_SIZE
+        verbose = self.verbose
+        while not session.closing:
+            chunk = await read_partial(reader, size)
+            if verbose:
+                log_chunks(session, chunk, address)
+            writer.write(session.answer(chunk))
+            await writer.drain()
+
+    # --- listening: asyncio.start_server, and the same lines under TLS ---------------
+
+    async def _create_server(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        backlog: int,
+        reuse_port: bool,
+        ssl: ssl.SSLContext | None,
+        ssl_handshake_timeout: float | None,
+    ) -> asyncio.Server:
+        if ssl is not None:
+            return await super()._create_server(
+                host,
+                port,
+                backlog=backlog,
+                reuse_port=reuse_port,
+                ssl=ssl,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+            )
+        return await asyncio.start_server(
+            self._client_connected,
+            host,
+            port,
+            limit=READ_LIMIT,
+            backlog=backlog,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+        )
+
+    async def _create_unix_server(
+        self,
+        path: str,
+        *,
+        backlog: int,
+        ssl: ssl.SSLContext | None,
+        ssl_handshake_timeout: float | None,
+    ) -> asyncio.Server:
+        if ssl is not None:
+            return await super()._create_unix_server(
+                path, backlog=backlog, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout
+            )
+        return await asyncio.start_unix_server(
+            self._client_connected, path, limit=READ_LIMIT, backlog=backlog
+        )
+
+    def _make_protocol(self) -> asyncio.BaseProtocol:
+        # What asyncio.start_server makes for each connection; used under TLS only,
+        # inside the port's TLSTransport (see TCPServer._protocol_factory).
+        reader = asyncio.StreamReader(limit=READ_LIMIT)
+        return _HalfCloseStreamProtocol(reader, self._client_connected)
+
+    def _client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain function, not a coroutine: on Python 3.11 start_server reports a
+        # handler task cancelled at shutdown as a traceback ("Exception in callback"),
+        # so the handler runs as the server's own task (TCPServer.run_handler).
+        connection = StreamConnection(reader, CoalescingWriter(writer), EchoSession(text=self.text))
+        if self.track_connection(connection):
+            self.run_handler(
+                connection,
+                connection.serve(self.handle_connection),
+                writer.get_extra_info("peername"),
+            )
+        else:
+            connection.session.stop()
+
+
+class _HalfCloseStreamProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's StreamReaderProtocol, kept open after the client's end of stream under TLS.
+
+    asyncio's returns False from ``eof_received`` over TLS because asyncio's TLS
+    transport cannot write after it; the port's TLSTransport can, and the replies owed
+    for the last bytes must still go out, as on plain TCP.
+    """
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return True
+
+
+class StreamConnection:
+    """One connection of the streams server, as TCPServer counts and shuts it down."""
+
+    __slots__ = ("_lingering", "reader", "session", "writer")
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: CoalescingWriter, session: EchoSession
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.session = session
+        self._lingering = False
+
+    async def serve(self, handler: Any) -> None:
+        """Run ``handler(reader, writer, session)``; after a shutdown's lingering close,
+        read and discard the client's input until its end of stream."""
+        await handler(self.reader, self.writer, self.session)
+        if self._lingering:
+            with closed_stream_errors():
+                while await self.reader.read(READ_LIMIT):
+                    pass
+
+    @property
+    def bytes_read(self) -> int:
+        return self.session.bytes_received
+
+    @property
+    def bytes_written(self) -> int:
+        return self.writer.bytes_written
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def close_lingering(self) -> None:
+        # Answer nothing more; send what is queued and the FIN; the handler then ends
+        # at its next chunk and serve() discards input until the client's FIN, so no
+        # reset destroys the replies on their way.
+        self.session.stop()
+        self._lingering = self.writer.close_lingering()
+        if not self._lingering:
+            self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+    async def wait_closed(self) -> None:
+        await self.writer.wait_closed()
+
+    def writing(self) -> bool:
+        return self.writer.buffered_size > 0
+
+
 # ``--impl`` choices: the same words label the conformance targets and the benchmark.
 IMPLEMENTATIONS: dict[str, type[EchoServer]] = {
-    "streams": EchoServer,
+    "streams": StreamsEchoServer,
     "iostream": EchoServer,
     "protocol": FastEchoServer,
 }
@@ -66,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--impl",
         choices=tuple(IMPLEMENTATIONS),
         default="streams",
-        help="streams: the seed's loop on the IOStream port; protocol: the fast path",
+        help="streams: the seed's loop on asyncio.start_server streams; iostream: the same "
+        "loop on the port of Tornado's IOStream; protocol: the fast path",
     )
     parser.add_argument(
         "--text",

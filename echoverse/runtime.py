@@ -71,7 +71,7 @@ def raise_malloc_mmap_threshold() -> None:
     the threshold only when such a block is freed. An event loop that allocates a fresh
     256 KiB buffer per receive (rloop; asyncio's plain Protocol) pays an mmap, mremap and
     munmap per receive, about 3x the CPU per round trip, until the first connection
-    closes and frees one (strace; CPython issue 85451). Freeing one 1 MiB block now
+    closes and frees one (strace; python/cpython#85451). Freeing one 1 MiB block now
     raises the threshold at once. Harmless elsewhere.
     """
     primer = bytes(MALLOC_PRIMER_SIZE)

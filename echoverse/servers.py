@@ -24,13 +24,6 @@ from protocol import (
     MAX_BATCH_SIZE,
     EchoSession,
     ReplyBuffer,
-    build_text_reply,
-    double_reply,
-    is_close_chunk,
-    iter_chunks,
-    iter_text_chunks,
-    text_batch_closes,
-    tornado_batches,
 )
 
 __all__ = ["BufferedEchoProtocol", "EchoProtocol", "EchoServer", "FastEchoServer"]
@@ -73,35 +66,26 @@ class EchoServer(TCPServer):
             runtime.release_free_memory()
 
     async def handle_stream(self, stream: IOStream, address: Any) -> None:
-        if self.text:
-            await self._handle_text_stream(stream, address)
-            return
-        # The seed's loop. It writes the chunk and its reversal separately; here they go
-        # as one write, which leaves in the same send as the seed's two would with
-        # writes coalesced per loop turn. StreamClosedError ends the loop in TCPServer.
+        # The seed's loop. It writes the chunk and its reversal separately; here the
+        # session's reply is both, in one write, which leaves in the same send as the
+        # seed's two would with writes coalesced per loop turn. In text mode a chunk must
+        # see past byte 20 not to cut a character, so all buffered bytes are read as one
+        # batch and the session cuts it. StreamClosedError ends the loop in TCPServer.
+        session = EchoSession(text=self.text)
         read, write, verbose = stream.read_bytes, stream.write, self.verbose
-        while True:
-            chunk = await read(CHUNK_SIZE, partial=True)
+        size = stream.read_chunk_size if self.text else CHUNK_SIZE
+        while not session.closing:
+            batch = await read(size, partial=True)
             if verbose:
-                log.info("%r from %s", chunk, address)
-            await write(double_reply(chunk))
-            if is_close_chunk(chunk):
-                stream.close()
-                return
+                log_chunks(session, batch, address)
+            await write(session.answer(batch))
+        stream.close()
 
-    async def _handle_text_stream(self, stream: IOStream, address: Any) -> None:
-        # A text-mode chunk must see past byte 20 to avoid cutting a character, so this
-        # takes all buffered bytes as one batch, as the fast path does, and lets the
-        # core cut it.
-        while True:
-            batch = await stream.read_bytes(stream.read_chunk_size, partial=True)
-            if self.verbose:
-                for chunk in iter_text_chunks(batch):
-                    log.info("%r from %s", chunk, address)
-            await stream.write(build_text_reply(batch))
-            if text_batch_closes(batch):
-                stream.close()
-                return
+
+def log_chunks(session: EchoSession, batch: bytes, address: Any) -> None:
+    """``--verbose``: each chunk and its peer, as the seed prints them."""
+    for chunk in session.chunks(batch):
+        log.info("%r from %s", chunk, address)
 
 
 class FastEchoServer(EchoServer):
@@ -147,7 +131,6 @@ class EchoProtocol(asyncio.Protocol):
         self._session = EchoSession(text=server.text)
         # Read per batch: kept here rather than looked up on the server each time.
         self._verbose = server.verbose
-        self._write_bytes_only = server.write_bytes_only
         self._transport: asyncio.Transport | None = None
         self._write: Callable[[ReplyBuffer], None] = _not_connected
         self._address: Any = None
@@ -171,7 +154,7 @@ class EchoProtocol(asyncio.Protocol):
     def close_lingering(self) -> None:
         # Stop answering; send what is queued and the FIN; discard input until the
         # peer's end of stream, where eof_received closes (see start_lingering_close).
-        self._session.closing = True
+        self._session.stop()
         transport = self._transport
         if transport is not None and not self._gone and not start_lingering_close(transport):
             close_gracefully(transport)
@@ -195,11 +178,13 @@ class EchoProtocol(asyncio.Protocol):
         # uvloop's and rloop's transports do not subclass asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
         self._write = self._transport.write
+        if self._server.write_bytes_only:
+            self._write = _bytes_writer(self._transport)
         self._address = transport.get_extra_info("peername")
         self._lost = asyncio.get_running_loop().create_future()
         if not self._server.track_connection(self):
             # Refused past --max-connections (and closed): ignore anything it sends.
-            self._session.closing = True
+            self._session.stop()
 
     def data_received(self, batch: bytes) -> None:
         # The hot path: a few hundred nanoseconds of Python per batch (measured), so
@@ -209,27 +194,15 @@ class EchoProtocol(asyncio.Protocol):
             return
         session = self._session
         if self._verbose:
-            self._log_chunks(batch)
+            log_chunks(session, batch, self._address)
         if len(batch) <= MAX_BATCH_SIZE:
-            reply = session.answer(batch)
-            if self._write_bytes_only and type(reply) is not bytes:
-                reply = bytes(reply)
-            self._write(reply)
+            self._write(session.answer(batch))
         else:
-            # One write per Tornado-sized batch: joining the replies of a large receive
-            # into one buffer twice its size measured slower (1 MiB: ~170 vs ~200 MiB/s).
-            for piece in tornado_batches(batch):
-                reply = session.answer(piece)
-                if self._write_bytes_only and type(reply) is not bytes:
-                    reply = bytes(reply)
+            for reply in session.answer_batches(batch):
                 self._write(reply)
         if session.closing:
             assert self._transport is not None
             close_gracefully(self._transport)
-
-    def _log_chunks(self, batch: bytes) -> None:
-        for chunk in iter_text_chunks(batch) if self._server.text else iter_chunks(batch):
-            log.info("%r from %s", chunk, self._address)
 
     def eof_received(self) -> bool:
         self._session.receive_eof()
@@ -263,7 +236,7 @@ class BufferedEchoProtocol(EchoProtocol, asyncio.BufferedProtocol):
 
     asyncio's own loop receives each ``data_received`` batch into a fresh 256 KiB
     buffer, which glibc maps and unmaps per receive until its mmap threshold rises:
-    about 3x the CPU per round trip (CPython issue 85451). uvloop and rloop hand over
+    about 3x the CPU per round trip (python/cpython#85451). uvloop and rloop hand over
     exact-size bytes cheaply, and there plain ``data_received`` measured about 12-15%
     less CPU per round trip than this copy out of a shared buffer.
     """
@@ -273,6 +246,16 @@ class BufferedEchoProtocol(EchoProtocol, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(self._server.recv_buffer[:nbytes]))
+
+
+def _bytes_writer(transport: asyncio.Transport) -> Callable[[ReplyBuffer], None]:
+    """``transport.write`` for a loop whose writes are cheap only for ``bytes`` (rloop)."""
+    write = transport.write
+
+    def write_bytes(reply: ReplyBuffer) -> None:
+        write(reply if type(reply) is bytes else bytes(reply))
+
+    return write_bytes
 
 
 def _not_connected(reply: ReplyBuffer) -> None:

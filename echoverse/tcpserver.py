@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from echoverse.errors import StreamClosedError
@@ -115,13 +115,13 @@ class TCPServer:
             )
             hosts = list(dict.fromkeys(str(info[4][0]) for info in infos)) or hosts
         for host in hosts:
-            server = await loop.create_server(
-                self._protocol_factory(ssl, ssl_handshake_timeout),
-                host=host,
-                port=port,
+            server = await self._create_server(
+                host,
+                port,
                 backlog=backlog,
-                reuse_address=True,
-                reuse_port=reuse_port or None,
+                reuse_port=reuse_port,
+                ssl=ssl,
+                ssl_handshake_timeout=ssl_handshake_timeout,
             )
             self._started(server)
             port = port or server.sockets[0].getsockname()[1]
@@ -135,11 +135,43 @@ class TCPServer:
         ssl_handshake_timeout: float | None = None,
     ) -> None:
         """Start accepting connections on the Unix socket ``path`` (a stale one is replaced)."""
-        loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(
-            self._protocol_factory(ssl, ssl_handshake_timeout), path, backlog=backlog
+        server = await self._create_unix_server(
+            path, backlog=backlog, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout
         )
         self._started(server)
+
+    async def _create_server(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        backlog: int,
+        reuse_port: bool,
+        ssl: ssl_module.SSLContext | None,
+        ssl_handshake_timeout: float | None,
+    ) -> asyncio.Server:
+        """One listening server on ``host:port``; a subclass may listen another way."""
+        return await asyncio.get_running_loop().create_server(
+            self._protocol_factory(ssl, ssl_handshake_timeout),
+            host=host,
+            port=port,
+            backlog=backlog,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+        )
+
+    async def _create_unix_server(
+        self,
+        path: str,
+        *,
+        backlog: int,
+        ssl: ssl_module.SSLContext | None,
+        ssl_handshake_timeout: float | None,
+    ) -> asyncio.Server:
+        """One listening server on the Unix socket ``path``; as :meth:`_create_server`."""
+        return await asyncio.get_running_loop().create_unix_server(
+            self._protocol_factory(ssl, ssl_handshake_timeout), path, backlog=backlog
+        )
 
     def _protocol_factory(
         self, ssl: ssl_module.SSLContext | None, handshake_timeout: float | None
@@ -200,23 +232,34 @@ class TCPServer:
 
     def _start_handler(self, stream: IOStream) -> None:
         address = stream.get_extra_info("peername")
-        if not self.track_connection(stream):
-            return
-        task = asyncio.get_running_loop().create_task(self._run_handler(stream, address))
+        if self.track_connection(stream):
+            self.run_handler(stream, self.handle_stream(stream, address), address)
+
+    def run_handler(
+        self, connection: Connection, handler: Coroutine[Any, Any, None], address: Any
+    ) -> None:
+        """Run ``handler`` as the task serving ``connection``; close and count the
+        connection when it ends. Shutdown (:meth:`close`) waits for these tasks."""
+        task = asyncio.get_running_loop().create_task(
+            self._run_handler(connection, handler, address)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_handler(self, stream: IOStream, address: Any) -> None:
+    async def _run_handler(
+        self, connection: Connection, handler: Coroutine[Any, Any, None], address: Any
+    ) -> None:
         try:
-            await self.handle_stream(stream, address)
+            await handler
         except StreamClosedError as error:
             # The peer went away mid-conversation: an ordinary end, not a fault.
             log.debug("connection from %s closed: %s", format_address(address), error)
         except Exception:
+            # The task's boundary: one report with the traceback, and the connection goes.
             log.exception("error handling connection from %s", format_address(address))
         finally:
-            stream.close()
-            self.forget_connection(stream)
+            connection.close()
+            self.forget_connection(connection)
 
     def track_connection(self, connection: Connection) -> bool:
         """Count ``connection`` as open, or close it at once past ``max_connections``.

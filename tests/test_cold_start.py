@@ -1,4 +1,4 @@
-"""glibc's allocator and the server: no cold-start penalty (issue 4), memory handed back.
+"""glibc's allocator and the server: no cold-start penalty, memory handed back.
 
 A fresh server's receives must not map memory each time.
 
@@ -6,7 +6,7 @@ glibc maps every allocation above its mmap threshold (128 KiB) on its own and ra
 the threshold only when such a block is freed. A loop that receives into a fresh
 256 KiB buffer and shrinks it to the bytes received (``socket.recv``, rloop's reads)
 frees only small mapped blocks, so until a client disconnects every receive costs an
-mmap, an mremap and a munmap (CPython issue 85451). The server calls
+mmap, an mremap and a munmap (python/cpython#85451). The server calls
 ``runtime.raise_malloc_mmap_threshold()`` at start; this shows the difference in page
 faults, in fresh interpreters, receiving over a Unix socket pair. No timing involved.
 """

@@ -1,4 +1,4 @@
-"""Issue 5, the server's hardening, proved over real sockets: one test or a few per item.
+"""The server's hardening, proved over real sockets: one test or a few per item.
 
 Every test starts the real server script (or, for the task count, the server classes in
 this process) and talks to it on 127.0.0.1, ::1 or a Unix socket in a temporary
@@ -308,7 +308,7 @@ def many_open_files() -> Iterator[None]:
 # --- 1. backpressure -------------------------------------------------------------------
 
 # What the client tries to push without reading, and how much the server's memory may
-# grow meanwhile (issue 5: "under 64 MiB above its idle size while 256 MiB are pushed").
+# grow meanwhile: under 64 MiB above its idle size while 256 MiB are pushed.
 PUSH_TOTAL = 256 * MiB
 RSS_ALLOWANCE_KIB = 64 * 1024
 # Seconds without room to send that count as the server having stopped reading. Only
@@ -337,7 +337,7 @@ def test_backpressure_bounds_memory_and_loses_nothing(loop: str, impl: str) -> N
             assert sent < PUSH_TOTAL, "the server read everything: no backpressure"
             assert pushed_peak_kib - idle_kib < RSS_ALLOWANCE_KIB, (idle_kib, pushed_peak_kib)
 
-            # Now shut down the sending side (issue 5, item 4: megabytes, then the end of
+            # Now shut down the sending side (megabytes, then the end of
             # stream, then reading) and read: every byte sent is answered, twice, then the
             # server closes.
             sock.shutdown(socket.SHUT_WR)

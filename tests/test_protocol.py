@@ -3,7 +3,7 @@
 As h11's ``test_io.py`` does, the server side is fed one byte at a time and in every way
 of cutting a message into batches; as h2's state-machine tests do, Hypothesis checks that
 any input cut any way gives a valid reply stream. The expected replies come from
-:func:`oracle`, a few lines written straight from ``SPEC.md`` that share no code with the
+:func:`oracle`, a few lines written straight from ``docs/protocol.md`` that share no code with the
 implementation.
 """
 
@@ -54,7 +54,7 @@ ALPHABET_45 = bytes(range(65, 65 + 26)) + bytes(range(97, 97 + 19))
 
 
 def oracle(batches: Iterable[bytes]) -> tuple[list[bytes], bool]:
-    """(chunks answered, closed) for batches as the server receives them, per SPEC.md.
+    """(chunks answered, closed) for batches as the server receives them, per docs/protocol.md.
 
     Each batch is cut 20, 20, ..., rest; a chunk equal to b"over" closes, and nothing
     after it (in its batch or later ones) is answered.
