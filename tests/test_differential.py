@@ -6,8 +6,9 @@ port's :class:`iostream.IOStream` in another, each on a fresh event loop of its 
 *remote* end is a plain non-blocking socket that the test drives through the same loop.
 Both runs must give the same outcome for every operation: the bytes a read returns, or
 the exception raised (its type, and the class of ``real_error``). A small model of the
-semantics in ``FACTS.md`` predicts every outcome too, so a sequence that would hang is
-never run, and a failure says whether Tornado, the port or the model disagrees.
+semantics in ``docs/tornado-semantics.md`` predicts every outcome too, so a sequence that
+would hang is never run, and a failure says whether Tornado, the port or the model
+disagrees.
 
 Determinism. Each operation waits for its own result, bounded by ``TIMEOUT``. Reads are
 generated only where their result cannot depend on timing: a read that must wait for
@@ -21,7 +22,8 @@ the bytes were cut into segments; ``max_bytes`` verdicts do not either.
 Where the two cannot match by design, the generator does not look (or compares loosely),
 and names why: every such place cites a key of :data:`DIVERGENCES`, and the tests at the
 end of this file show each named difference on a fixed sequence, against both. Tornado's
-own quirks (``FACTS.md``, "Quirks not to copy") are worked around in its adapter.
+own quirks (:data:`TORNADO_QUIRKS`; ``docs/tornado-semantics.md``, "Tornado's quirks, not
+copied") are worked around in its adapter.
 """
 
 from __future__ import annotations
@@ -88,8 +90,9 @@ DIVERGENCES: dict[str, str] = {
     ),
 }
 
-# Tornado's bugs (FACTS.md, "Quirks not to copy"): its adapter works around them in the
-# property test, and test_tornado_quirk_not_copied shows each one, and the port without.
+# Tornado's bugs, which the port does not copy (docs/tornado-semantics.md, "Tornado's
+# quirks, not copied"): its adapter works around them in the property test, and
+# test_tornado_quirk_not_copied shows each one, and the port without.
 TORNADO_QUIRKS: dict[str, str] = {
     "stale-pending-read": (
         "A read that fails at once on a closed stream stays pending, so every later read "
@@ -268,7 +271,7 @@ def _short(data: bytes) -> str:
     return repr(data) if len(data) <= 24 else f"<{len(data)} bytes {data[:12]!r}...>"
 
 
-# --- the model: FACTS.md's IOStream section as a few rules ------------------------------
+# --- the model: docs/tornado-semantics.md as a few rules -------------------------------
 
 Verdict = Literal["ok", "violation", "wait"]
 
@@ -623,11 +626,11 @@ class TornadoSide(Side):
         self.stream.close()
 
     def after_failed_read(self) -> None:
-        # FACTS.md, "Quirks not to copy": a read that fails on a closed stream stays
-        # pending in Tornado, so every later read raises until close() runs again
-        # (close() on a closed stream only fails the stale read); and the failed read's
-        # search criteria linger into the next read. Every failed read leaves Tornado's
-        # stream closed, so this changes nothing else.
+        # TORNADO_QUIRKS (docs/tornado-semantics.md): a read that fails on a closed
+        # stream stays pending in Tornado, so every later read raises until close() runs
+        # again (close() on a closed stream only fails the stale read); and the failed
+        # read's search criteria linger into the next read. Every failed read leaves
+        # Tornado's stream closed, so this changes nothing else.
         if not self.work_around_quirks:
             return
         stream: Any = self.stream

@@ -1,11 +1,13 @@
 """The IOStream port's semantics, one behaviour per test, over real sockets on 127.0.0.1.
 
-The specification is ``FACTS.md``, "Tornado 6.6.1 IOStream semantics, observed over real
-sockets" (``test_differential.py`` checks the same against Tornado itself). Most tests
-put the port's :class:`~iostream.IOStream` on one end of a connection and a plain socket,
-the *peer*, on the other, so the peer can do exactly what a test needs: half-close,
-reset, stop reading. Server and client tests use :class:`~iostream.TCPServer` and
-:class:`~iostream.TCPClient`. Every async test runs once per event loop (``conftest.py``).
+The specification is ``docs/tornado-semantics.md``: what Tornado 6 does, where the port
+differs, and which test here pins each point (``test_differential.py`` checks the same
+against Tornado itself). Most tests put the port's
+:class:`~echoverse.iostream.IOStream` on one end of a connection and a plain socket, the
+*peer*, on the other, so the peer can do exactly what a test needs: half-close, reset,
+stop reading. Server and client tests use :class:`~echoverse.tcpserver.TCPServer` and
+:class:`~echoverse.tcpclient.TCPClient`. Every async test runs once per event loop
+(``conftest.py``).
 
 Nothing waits by sleeping. Where a test needs the port to have received what the peer
 sent, it makes a round trip (:func:`round_trip`): the event loop reads every socket that
@@ -978,7 +980,7 @@ def test_partial_reads_never_take_bytes_of_two_receives() -> None:
     asyncio.run(scenario())
 
 
-# --- TLS: iostream.TLSTransport --------------------------------------------------------
+# --- TLS: tls.TLSTransport -------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
