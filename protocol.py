@@ -3,8 +3,9 @@
 Everything that knows the protocol lives here, and every shell drives it through
 :class:`EchoSession`: the ``streams`` and ``iostream`` servers (one chunk at a time, as
 the Tornado seed reads), the ``protocol`` fast path (a whole received batch at once), and
-the client and the benchmark's reply check (:func:`split_reply`). This module imports nothing that does I/O, so a test can prove
-that ``import protocol`` leaves ``asyncio`` out of ``sys.modules``.
+the client and the benchmark's reply check (:func:`split_reply`). This module imports
+nothing that does I/O, so a test can prove that ``import protocol`` leaves ``asyncio``
+out of ``sys.modules``.
 
 The protocol, from ``tcp_server.py`` in the Tornado article the project starts from
 (``docs/protocol.md`` says it in full):

@@ -1,9 +1,10 @@
-"""Tornado's IOStream, TCPServer and TCPClient, ported to native asyncio.
+"""Tornado's IOStream, ported to native asyncio (its server and client: ``tcpserver.py``,
+``tcpclient.py``; TLS: ``tls.py``).
 
 The API and its semantics follow ``tornado/iostream.py`` (Tornado 6): ``read_bytes``,
 ``read_until``, ``read_until_regex``, ``read_until_close``, ``write``, ``close``,
 ``closed``, ``set_close_callback``; a read or write on a closed stream raises
-:class:`~protocol.StreamClosedError` whoever closed it; bytes received before the peer
+:class:`~echoverse.errors.StreamClosedError` whoever closed it; bytes received before the peer
 went away stay readable; a ``max_bytes`` overrun closes the stream.
 
 Words: an :class:`IOStream` *is* an asyncio ``BufferedProtocol`` (the object asyncio's
@@ -30,7 +31,9 @@ one in ``DIVERGENCES`` and shows it against Tornado): bytes that arrived before 
 the peer's end of stream or reset closes an idle stream at once, close callback or not;
 a partial read returns whatever had arrived; ``close()`` still sends queued writes; and a
 read waiting past ``max_buffer_size`` looks at the bytes before it fails. Tornado's
-quirks (a failed read left pending, a failed read's delimiter lingering) are not copi"""
+quirks (a failed read left pending, a failed read's delimiter lingering) are not copied.
+``docs/tornado-semantics.md`` sets each point beside Tornado's, with the test that pins it.
+"""
 
 from __future__ import annotations
 

@@ -41,7 +41,8 @@ def close_gracefully(transport: asyncio.Transport) -> None:
 def start_lingering_close(transport: asyncio.Transport) -> bool:
     """Send the queued bytes and the FIN, but keep reading: the caller discards the input
     and closes when the peer's end of stream arrives. Returns False when that cannot be
-    done (TLS, or the transport is already closing): the caller just closes.
+    done (a transport that cannot half-close, such as asyncio's own TLS one, or one
+    already closing): the caller just closes. The port's TLSTransport can.
 
     Closing a socket while the peer's bytes wait unread makes the kernel reset the
     connection, and a reset throws away replies still queued for the peer. A server

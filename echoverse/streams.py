@@ -129,6 +129,13 @@ class StreamReader(asyncio.StreamReader):
                 return await super().readexactly(n)
         return await super().readexactly(n)
 
+    # Narrower than typeshed's private separator type: the client needs bytes only.
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:  # type: ignore[override]
+        if separator in self._buffer:
+            with self._error_deferred():
+                return await super().readuntil(separator)
+        return await super().readuntil(separator)
+
     @contextlib.contextmanager
     def _error_deferred(self) -> Iterator[None]:
         # With enough bytes buffered asyncio's read returns them without waiting, so

@@ -53,6 +53,8 @@ from echoverse.tcpclient import TCPClient
 LOOPS = ("asyncio", "uvloop")
 IMPLS = ("streams", "protocol")
 SERVERS = [pytest.param(loop, impl, id=f"{loop}-{impl}") for loop in LOOPS for impl in IMPLS]
+# The IOStream server on one loop: its stream semantics run on both in test_iostream.
+SERVERS.append(pytest.param("asyncio", "iostream", id="asyncio-iostream"))
 # For the heavyweight tests: each implementation once, and each loop once.
 HEAVY_SERVERS = [
     pytest.param("asyncio", "streams", id="asyncio-streams"),

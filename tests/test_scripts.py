@@ -56,8 +56,11 @@ UNASSIGNED_HOSTS = ("203.0.113.7", "2001:db8::7")
 ALPHABET_45 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrs"
 
 SERVER_PARAMS = [
-    pytest.param((loop, impl), id=f"{loop}-{impl}") for loop in LOOPS for impl in IMPLS
-]
+    pytest.param((loop, impl), id=f"{loop}-{impl}")
+    for loop in LOOPS
+    for impl in IMPLS
+    # The IOStream server on one loop: its stream semantics run on both in test_iostream.
+] + [pytest.param(("asyncio", "iostream"), id="asyncio-iostream")]
 
 Handler = Callable[["FakeConnection"], None]
 

@@ -169,7 +169,8 @@ async def test_reader_hands_out_bytes_received_before_a_reset() -> None:
                 await reader.readexactly(10)
             continue
         assert await reader.readexactly(4) == b"hell"
-        assert await reader.read(100) == b"oolleh"
+        assert await reader.readuntil(b"l") == b"ool"
+        assert await reader.read(100) == b"leh"
         with pytest.raises(ConnectionResetError):
             await reader.readexactly(1)
 
