@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--seconds", type=float, default=120.0, help="how long the clients run")
-    parser.add_argument("--impl", choices=("streams", "protocol"), default="streams")
+    parser.add_argument("--impl", choices=("streams", "iostream", "protocol"), default="streams")
     parser.add_argument("--loop", default="auto", help="the server's event loop")
     parser.add_argument("--client-loop", default="auto", help="this script's event loop")
     parser.add_argument("--good", type=int, default=16, help="good clients at a time")
