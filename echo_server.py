@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import ssl
 import sys
 
@@ -104,9 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=cli.non_negative_int,
         default=1,
         metavar="N",
-        help="serve from N processes sharing the port (SO_REUSEPORT); 0: one per CPU",
+        help="serve from N processes sharing one listening socket; 0: one per CPU",
     )
-    processes.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
+    processes.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="set SO_REUSEPORT; with --workers: one socket per worker instead of one shared",
+    )
+    processes.add_argument(
+        "--fd",
+        type=cli.non_negative_int,
+        action="append",
+        metavar="FD",
+        help="serve the inherited listening socket FD instead of --host/--port (repeatable; "
+        "--workers hands its socket to each worker so)",
+    )
+    # Set by --workers in each worker: the worker stops when this process is gone.
+    processes.add_argument("--supervisor-pid", type=cli.positive_int, help=argparse.SUPPRESS)
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--certfile", help="serve TLS with this certificate chain (PEM)")
     tls.add_argument("--keyfile", help="the certificate's private key (PEM; default: in certfile)")
@@ -136,8 +151,14 @@ def server_tls_context(
     return context
 
 
-async def serve(args: argparse.Namespace, loop_name: str, tls: ssl.SSLContext | None) -> int:
-    """Listen, print the ready line, serve until SIGINT/SIGTERM, then shut down."""
+async def serve(
+    args: argparse.Namespace,
+    loop_name: str,
+    tls: ssl.SSLContext | None,
+    inherited: list[socket.socket] | None = None,
+) -> int:
+    """Listen (or serve the ``inherited`` listening sockets), print the ready line, serve
+    until SIGINT/SIGTERM (or the supervisor's end, for a worker), then shut down."""
     runtime.install_exception_handler()
     open_files = runtime.raise_open_file_limit()
     runtime.raise_malloc_mmap_threshold()
@@ -148,7 +169,14 @@ async def serve(args: argparse.Namespace, loop_name: str, tls: ssl.SSLContext | 
         idle_timeout=args.idle_timeout,
     )
     try:
-        if args.unix:
+        if inherited:
+            await server.add_sockets(
+                inherited,
+                backlog=args.backlog,
+                ssl=tls,
+                ssl_handshake_timeout=args.handshake_timeout,
+            )
+        elif args.unix:
             await server.listen_unix(
                 args.unix,
                 backlog=args.backlog,
@@ -169,9 +197,14 @@ async def serve(args: argparse.Namespace, loop_name: str, tls: ssl.SSLContext | 
         return 1
     stop = asyncio.Event()
     runtime.install_stop_signals(stop)
+    watcher = None
+    if args.supervisor_pid is not None:
+        watcher = supervisor.watch_supervisor(args.supervisor_pid, stop)
     address = args.unix or server.sockets[0].getsockname()
     print(cli.ready_line(address, loop_name), flush=True)
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     await server.close(timeout=args.shutdown_timeout)
     log.info(
         "stopped: %d connections served, %d bytes in, %d bytes out",
@@ -188,12 +221,26 @@ def main(argv: list[str] | None = None) -> int:
     cli.configure_logging(args.log_level)
     loop_name, factory = cli.resolve_loop(parser, args.loop)
     tls = server_tls_context(parser, args)
+    if args.fd and (args.unix or args.workers != 1):
+        parser.error("--fd serves one process on inherited sockets: not with --unix or --workers")
     if args.workers != 1:
         if args.unix:
             parser.error("--workers needs a TCP port, not --unix")
-        return supervisor.run(PROGRAM, __file__, sys.argv[1:] if argv is None else argv, args)
+        settings = supervisor.Settings(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            backlog=args.backlog,
+            reuse_port=args.reuse_port,
+            shutdown_timeout=args.shutdown_timeout,
+        )
+        return supervisor.run(PROGRAM, __file__, sys.argv[1:] if argv is None else argv, settings)
+    try:
+        inherited = supervisor.inherited_sockets(args.fd or [])
+    except ValueError as error:
+        parser.error(f"--fd: {error}")
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve(args, loop_name, tls))
+        return runner.run(serve(args, loop_name, tls, inherited))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from echoverse.errors import StreamClosedError
@@ -125,6 +125,28 @@ class TCPServer:
             )
             self._started(server)
             port = port or server.sockets[0].getsockname()[1]
+
+    async def add_sockets(
+        self,
+        sockets: Iterable[socket.socket],
+        *,
+        backlog: int = 128,
+        ssl: ssl_module.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> None:
+        """Start accepting connections on sockets that already listen, as Tornado's.
+
+        For sockets bound elsewhere: inherited from a supervisor that started several
+        processes on one port (``--workers``), or from a service manager. Processes
+        serving the same socket share one queue of incoming connections. The sockets
+        become the server's: :meth:`stop` closes them (in this process).
+        """
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            server = await loop.create_server(
+                self._protocol_factory(ssl, ssl_handshake_timeout), sock=sock, backlog=backlog
+            )
+            self._started(server)
 
     async def listen_unix(
         self,
