@@ -25,14 +25,15 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from echoverse import cli, runtime
+from echoverse import cli
 from echoverse.netutil import format_address
 
 __all__ = [
     "MAX_RESTARTS",
+    "PARENT_DEATH_SIGNAL",
     "SUPERVISOR_CHECK_INTERVAL",
     "Settings",
     "bind_sockets",
@@ -55,6 +56,13 @@ SUPERVISOR_CHECK_INTERVAL = 1.0
 
 # <linux/prctl.h>: deliver a signal to this process when its parent dies.
 PR_SET_PDEATHSIG = 1
+
+# The signal a worker asks for when its supervisor dies. Not SIGTERM: the kernel sends
+# it once per new parent, and a second SIGTERM means "exit at once, do not wait for
+# the clients" (runtime.install_stop_signals). A worker leads a session of its own
+# with no terminal, so no terminal hang-up reaches it; its handler checks the parent
+# pid, so a stray SIGHUP while the supervisor lives changes nothing.
+PARENT_DEATH_SIGNAL = signal.SIGHUP
 
 
 @dataclass(frozen=True)
@@ -159,9 +167,9 @@ def inherited_sockets(fds: list[int]) -> list[socket.socket]:
 def set_parent_death_signal(signum: int) -> bool:
     """Have the kernel send ``signum`` to this process when its parent dies (Linux).
 
-    Returns False where that is not available. ``prctl(PR_SET_PDEATHSIG)`` fires when
-    the thread that started this process ends; the supervisor starts its workers from
-    its main thread, so that is when the supervisor ends.
+    Returns False where that is not available. The signal comes each time the process
+    is handed to a new parent: first, perhaps, to another thread of the dying parent,
+    finally to init or a subreaper; so it may come more than once.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -177,29 +185,34 @@ def set_parent_death_signal(signum: int) -> bool:
 def watch_supervisor(supervisor_pid: int, stop: asyncio.Event) -> asyncio.Task[None] | None:
     """Set ``stop`` when the supervisor ``supervisor_pid`` is gone; for a worker.
 
-    On Linux the kernel sends SIGTERM when the parent dies, so the worker stops exactly
-    as when the supervisor forwards SIGTERM (the stop-signal handlers must be installed
-    first). The supervisor may have died before this was set up, which no signal would
-    ever report: the parent pid, checked right after, tells (an orphan's parent is init
-    or a subreaper). Elsewhere the parent pid is checked every
-    :data:`SUPERVISOR_CHECK_INTERVAL` seconds in a task, which is returned.
+    The worker then shuts down as on SIGTERM: a lingering close within
+    --shutdown-timeout, then exit. On Linux the kernel signals the worker when its
+    parent dies (:data:`PARENT_DEATH_SIGNAL`); the supervisor may have died before
+    that was set up, which no signal would ever report, so the parent pid is checked
+    right after (an orphan's parent is init or a subreaper). Elsewhere the parent pid
+    is checked every :data:`SUPERVISOR_CHECK_INTERVAL` seconds in a task, which is
+    returned; cancel it when stopping.
     """
-    if set_parent_death_signal(signal.SIGTERM):
-        if os.getppid() != supervisor_pid:
+    loop = asyncio.get_running_loop()
+
+    def check_parent() -> None:
+        if os.getppid() != supervisor_pid and not stop.is_set():
             log.warning("the supervisor (pid %d) is gone: stopping", supervisor_pid)
             stop.set()
+
+    # The handler first: until it is installed, the signal would kill the worker.
+    loop.add_signal_handler(PARENT_DEATH_SIGNAL, check_parent)
+    if set_parent_death_signal(PARENT_DEATH_SIGNAL):
+        check_parent()
         return None
-    return asyncio.get_running_loop().create_task(_poll_parent(supervisor_pid, stop))
+    return loop.create_task(_poll_parent(check_parent, stop))
 
 
-async def _poll_parent(supervisor_pid: int, stop: asyncio.Event) -> None:
+async def _poll_parent(check_parent: Callable[[], None], stop: asyncio.Event) -> None:
     # Polling, because nothing portable reports a parent's death to a process.
-    while True:
+    while not stop.is_set():
+        check_parent()
         await asyncio.sleep(SUPERVISOR_CHECK_INTERVAL)
-        if os.getppid() != supervisor_pid:
-            break
-    log.warning("the supervisor (pid %d) is gone: stopping", supervisor_pid)
-    stop.set()
 
 
 class Supervisor:
@@ -237,8 +250,9 @@ class Supervisor:
         self.stopping = False
         self.workers: set[asyncio.subprocess.Process] = set()
 
-    async def start_worker(self) -> tuple[asyncio.subprocess.Process, str]:
-        """Start one worker and wait for its ready line."""
+    async def spawn(self) -> tuple[asyncio.subprocess.Process, str]:
+        """Start one worker; returns it with its ready line, or with "" once it has
+        exited without one (it is killed if it has not printed it in time)."""
         # A session of its own: Ctrl-C reaches the parent only, which forwards SIGTERM.
         process = await asyncio.create_subprocess_exec(
             *self.worker_argv,
@@ -258,11 +272,20 @@ class Supervisor:
                 process.kill()
             await process.wait()
             self.workers.discard(process)
+        return process, line
+
+    async def start_worker(self) -> tuple[asyncio.subprocess.Process, str]:
+        """Start one worker and wait for its ready line; RuntimeError if none comes."""
+        process, line = await self.spawn()
+        if not line:
             raise RuntimeError(f"a worker did not start (exit status {process.returncode})")
         return process, line
 
     async def watch(self, process: asyncio.subprocess.Process) -> None:
-        """Wait for a worker to exit; restart it unless stopping or out of restarts."""
+        """Wait for a worker to exit; restart it unless stopping or out of restarts.
+
+        A replacement that dies before its ready line counts as one more restart.
+        """
         while True:
             status = await process.wait()
             self.workers.discard(process)
@@ -282,7 +305,9 @@ class Supervisor:
                 self.restarts,
                 MAX_RESTARTS,
             )
-            process, _ = await self.start_worker()
+            process, line = await self.spawn()
+            if line:
+                log.info("worker %d is serving (restart %d)", process.pid, self.restarts)
 
     def signal_workers(self, signum: int) -> None:
         for process in self.workers:
@@ -300,7 +325,25 @@ class Supervisor:
                 self.signal_workers(signal.SIGKILL)
                 await asyncio.wait(late)
 
+    def install_stop_signals(self, stop: asyncio.Event) -> None:
+        """SIGINT and SIGTERM set ``stop``; a second one makes every process exit at once.
+
+        The workers get SIGTERM twice then, which is their own "exit at once".
+        """
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                self.signal_workers(signal.SIGTERM)
+                os._exit(128 + signum)
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+
     async def run(self, shutdown_timeout: float) -> int:
+        stop = asyncio.Event()
+        self.install_stop_signals(stop)
         # The workers' own shutdown takes up to shutdown_timeout; past a few seconds
         # more, one that has not exited is stuck.
         stop_timeout = shutdown_timeout + 5
@@ -314,11 +357,11 @@ class Supervisor:
             await asyncio.gather(*starting, return_exceptions=True)
             await self.stop_workers(stop_timeout)
             raise
-        # Every worker printed the same line; the parent prints it once.
-        print(started[0][1], flush=True)
+        # Every worker printed the same line; the parent prints it once (unless told to
+        # stop meanwhile: then it never serves).
+        if not stop.is_set():
+            print(started[0][1], flush=True)
         log.info("serving from %d worker processes", self.count)
-        stop = asyncio.Event()
-        runtime.install_stop_signals(stop)
         watchers = [asyncio.create_task(self.watch(process)) for process, _ in started]
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([stopped, *watchers], return_when=asyncio.FIRST_COMPLETED)
