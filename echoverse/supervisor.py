@@ -9,7 +9,7 @@ which gets the same socket. With ``reuse_port`` each worker listens on a socket 
 own instead (``SO_REUSEPORT``: the kernel spreads connections evenly, but those queued
 for a worker that dies are reset).
 
-The parent prints the one ready line when every worker listens, restarts a worker that
+The parent prints the one ready line when every worker serves, restarts a worker that
 dies (at most :data:`MAX_RESTARTS` times), forwards SIGINT/SIGTERM, and exits once every
 worker has. A worker notices when the parent is gone (:func:`watch_supervisor`) and shuts
 down as on SIGTERM.
