@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # One list for ruff and mypy: every Python file of the project, tests and tools included.
 CHECKED := protocol.py echo_server.py echo_client.py echoverse tests tools
 
-.PHONY: help install demo test lint format bench compare soak clean
+.PHONY: help install demo test lint format bench compare soak test-deploy clean
 
 help:
 	@echo "make demo    set up .venv, start a server, run a scripted client session, stop"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench   a quick benchmark matrix (under 3 minutes) into bench-results/"
 	@echo "make compare every conformance scenario on every server: docs/conformance.md"
 	@echo "make soak    2 minutes of good and hostile clients against the server (not in test)"
+	@echo "make test-deploy  install HAProxy where possible, test docs/deploy.md's configuration"
 	@echo "make clean   remove .venv and caches"
 
 $(STAMP): pyproject.toml
@@ -62,6 +63,15 @@ soak: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# HAProxy in front of two servers with the configuration of docs/deploy.md. Installing
+# needs apt and root; where that fails the test says it is skipped, and why.
+test-deploy: $(STAMP)
+	@command -v haproxy >/dev/null || PATH="$$PATH:/usr/sbin" command -v haproxy >/dev/null || \
+		{ apt-get install -y haproxy >/dev/null 2>&1 || \
+		  { apt-get update >/dev/null 2>&1 && apt-get install -y haproxy >/dev/null 2>&1; }; } || \
+		echo "test-deploy: could not install haproxy (apt-get install -y haproxy failed); the test will be skipped"
+	$(BIN)/python -m pytest tests/test_deploy.py -rs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

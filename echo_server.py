@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import ssl
 import sys
 from typing import Any
@@ -83,48 +84,16 @@ class StreamsEchoServer(EchoServer):
 
     async def _create_server(
         self,
-        host: str | None,
-        port: int,
-        *,
-        backlog: int,
-        reuse_port: bool,
         ssl: ssl.SSLContext | None,
         ssl_handshake_timeout: float | None,
-    ) -> asyncio.Server:
-        if ssl is not None:
-            return await super()._create_server(
-                host,
-                port,
-                backlog=backlog,
-                reuse_port=reuse_port,
-                ssl=ssl,
-                ssl_handshake_timeout=ssl_handshake_timeout,
-            )
-        return await asyncio.start_server(
-            self._client_connected,
-            host,
-            port,
-            limit=READ_LIMIT,
-            backlog=backlog,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-        )
-
-    async def _create_unix_server(
-        self,
-        path: str,
         *,
-        backlog: int,
-        ssl: ssl.SSLContext | None,
-        ssl_handshake_timeout: float | None,
+        unix: bool = False,
+        **where: Any,
     ) -> asyncio.Server:
         if ssl is not None:
-            return await super()._create_unix_server(
-                path, backlog=backlog, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout
-            )
-        return await asyncio.start_unix_server(
-            self._client_connected, path, limit=READ_LIMIT, backlog=backlog
-        )
+            return await super()._create_server(ssl, ssl_handshake_timeout, unix=unix, **where)
+        start = asyncio.start_unix_server if unix else asyncio.start_server
+        return await start(self._client_connected, limit=READ_LIMIT, **where)
 
     def _make_protocol(self) -> asyncio.BaseProtocol:
         # What asyncio.start_server makes for each connection; used under TLS only,
@@ -281,9 +250,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=cli.non_negative_int,
         default=1,
         metavar="N",
-        help="serve from N processes sharing the port (SO_REUSEPORT); 0: one per CPU",
+        help="serve from N processes sharing one listening socket; 0: one per CPU",
     )
-    processes.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
+    processes.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="set SO_REUSEPORT; with --workers: one socket per worker instead of one shared",
+    )
+    processes.add_argument(
+        "--fd",
+        type=cli.non_negative_int,
+        action="append",
+        metavar="FD",
+        help="serve the inherited listening socket FD instead of --host/--port (repeatable; "
+        "--workers hands its socket to each worker so)",
+    )
+    # Set by --workers in each worker: the worker stops when this process is gone.
+    processes.add_argument("--supervisor-pid", type=cli.positive_int, help=argparse.SUPPRESS)
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--certfile", help="serve TLS with this certificate chain (PEM)")
     tls.add_argument("--keyfile", help="the certificate's private key (PEM; default: in certfile)")
@@ -313,8 +296,14 @@ def server_tls_context(
     return context
 
 
-async def serve(args: argparse.Namespace, loop_name: str, tls: ssl.SSLContext | None) -> int:
-    """Listen, print the ready line, serve until SIGINT/SIGTERM, then shut down."""
+async def serve(
+    args: argparse.Namespace,
+    loop_name: str,
+    tls: ssl.SSLContext | None,
+    inherited: list[socket.socket] | None = None,
+) -> int:
+    """Listen (or serve the ``inherited`` listening sockets), print the ready line, serve
+    until SIGINT/SIGTERM (or the supervisor's end, for a worker), then shut down."""
     runtime.install_exception_handler()
     open_files = runtime.raise_open_file_limit()
     runtime.raise_malloc_mmap_threshold()
@@ -325,7 +314,14 @@ async def serve(args: argparse.Namespace, loop_name: str, tls: ssl.SSLContext | 
         idle_timeout=args.idle_timeout,
     )
     try:
-        if args.unix:
+        if inherited:
+            await server.add_sockets(
+                inherited,
+                backlog=args.backlog,
+                ssl=tls,
+                ssl_handshake_timeout=args.handshake_timeout,
+            )
+        elif args.unix:
             await server.listen_unix(
                 args.unix,
                 backlog=args.backlog,
@@ -346,9 +342,14 @@ async def serve(args: argparse.Namespace, loop_name: str, tls: ssl.SSLContext | 
         return 1
     stop = asyncio.Event()
     runtime.install_stop_signals(stop)
+    watcher = None
+    if args.supervisor_pid is not None:
+        watcher = supervisor.watch_supervisor(args.supervisor_pid, stop)
     address = args.unix or server.sockets[0].getsockname()
     print(cli.ready_line(address, loop_name), flush=True)
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     await server.close(timeout=args.shutdown_timeout)
     log.info(
         "stopped: %d connections served, %d bytes in, %d bytes out",
@@ -365,12 +366,26 @@ def main(argv: list[str] | None = None) -> int:
     cli.configure_logging(args.log_level)
     loop_name, factory = cli.resolve_loop(parser, args.loop)
     tls = server_tls_context(parser, args)
+    if args.fd and (args.unix or args.workers != 1):
+        parser.error("--fd serves one process on inherited sockets: not with --unix or --workers")
     if args.workers != 1:
         if args.unix:
             parser.error("--workers needs a TCP port, not --unix")
-        return supervisor.run(PROGRAM, __file__, sys.argv[1:] if argv is None else argv, args)
+        settings = supervisor.Settings(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            backlog=args.backlog,
+            reuse_port=args.reuse_port,
+            shutdown_timeout=args.shutdown_timeout,
+        )
+        return supervisor.run(PROGRAM, __file__, sys.argv[1:] if argv is None else argv, settings)
+    try:
+        inherited = supervisor.inherited_sockets(args.fd or [])
+    except ValueError as error:
+        parser.error(f"--fd: {error}")
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve(args, loop_name, tls))
+        return runner.run(serve(args, loop_name, tls, inherited))
 
 
 if __name__ == "__main__":

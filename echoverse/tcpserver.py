@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 import ssl as ssl_module
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from echoverse.errors import StreamClosedError
@@ -116,15 +116,37 @@ class TCPServer:
             hosts = list(dict.fromkeys(str(info[4][0]) for info in infos)) or hosts
         for host in hosts:
             server = await self._create_server(
-                host,
-                port,
+                ssl,
+                ssl_handshake_timeout,
+                host=host,
+                port=port,
                 backlog=backlog,
-                reuse_port=reuse_port,
-                ssl=ssl,
-                ssl_handshake_timeout=ssl_handshake_timeout,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
             )
             self._started(server)
             port = port or server.sockets[0].getsockname()[1]
+
+    async def add_sockets(
+        self,
+        sockets: Iterable[socket.socket],
+        *,
+        backlog: int = 128,
+        ssl: ssl_module.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> None:
+        """Start accepting connections on sockets that already listen, as Tornado's.
+
+        For sockets bound elsewhere: inherited from a supervisor that started several
+        processes on one port (``--workers``), or from a service manager. Processes
+        serving the same socket share one queue of incoming connections. The sockets
+        become the server's: :meth:`stop` closes them (in this process).
+        """
+        for sock in sockets:
+            server = await self._create_server(
+                ssl, ssl_handshake_timeout, sock=sock, backlog=backlog
+            )
+            self._started(server)
 
     async def listen_unix(
         self,
@@ -135,43 +157,26 @@ class TCPServer:
         ssl_handshake_timeout: float | None = None,
     ) -> None:
         """Start accepting connections on the Unix socket ``path`` (a stale one is replaced)."""
-        server = await self._create_unix_server(
-            path, backlog=backlog, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout
+        server = await self._create_server(
+            ssl, ssl_handshake_timeout, unix=True, path=path, backlog=backlog
         )
         self._started(server)
 
     async def _create_server(
         self,
-        host: str | None,
-        port: int,
-        *,
-        backlog: int,
-        reuse_port: bool,
         ssl: ssl_module.SSLContext | None,
         ssl_handshake_timeout: float | None,
-    ) -> asyncio.Server:
-        """One listening server on ``host:port``; a subclass may listen another way."""
-        return await asyncio.get_running_loop().create_server(
-            self._protocol_factory(ssl, ssl_handshake_timeout),
-            host=host,
-            port=port,
-            backlog=backlog,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-        )
-
-    async def _create_unix_server(
-        self,
-        path: str,
         *,
-        backlog: int,
-        ssl: ssl_module.SSLContext | None,
-        ssl_handshake_timeout: float | None,
+        unix: bool = False,
+        **where: Any,
     ) -> asyncio.Server:
-        """One listening server on the Unix socket ``path``; as :meth:`_create_server`."""
-        return await asyncio.get_running_loop().create_unix_server(
-            self._protocol_factory(ssl, ssl_handshake_timeout), path, backlog=backlog
-        )
+        """One listening server: the loop's ``create_server`` (``create_unix_server``
+        with ``unix``) given ``where`` (host and port, a listening sock, or a path, and
+        the backlog). A subclass may listen another way; TCPServer's own protocols come
+        from :meth:`_make_protocol`."""
+        loop = asyncio.get_running_loop()
+        create = loop.create_unix_server if unix else loop.create_server
+        return await create(self._protocol_factory(ssl, ssl_handshake_timeout), **where)
 
     def _protocol_factory(
         self, ssl: ssl_module.SSLContext | None, handshake_timeout: float | None
