@@ -4,7 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Reinstall whenever pyproject.toml changes.
+# Reinstall whenever pyproject.toml changes, or the C accelerator (built in place by the
+# editable install, or skipped quietly without a compiler).
 STAMP := $(VENV)/.installed
 
 # One list for ruff and mypy: every Python file of the project, tests and tools included.
@@ -22,7 +23,7 @@ help:
 	@echo "make soak    2 minutes of good and hostile clients against the server (not in test)"
 	@echo "make clean   remove .venv and caches"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py echoverse/speedups.c
 	$(PYTHON) -c 'import sys; sys.exit("echoverse needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -64,4 +65,4 @@ test: lint
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info build echoverse/*.so
