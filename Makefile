@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # One list for ruff and mypy: every Python file of the project, tests and tools included.
-CHECKED := protocol.py echo_server.py echo_client.py echoverse tests tools
+CHECKED := protocol.py echo_server.py echo_client.py setup.py echoverse tests tools
 
 .PHONY: help install demo test lint format bench compare soak clean
 

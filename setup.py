@@ -2,8 +2,10 @@
 
 Without a working C compiler (or Python headers) the install still succeeds, without the
 extension, and ``protocol.py`` runs its pure-Python builders: websockets builds its
-``speedups.c`` the same way. The failure is logged at debug level (``pip install -v``
-shows it), never as a warning or an error, since nothing is lost but speed.
+``speedups.c`` the same way. The skip is one line among the build's own progress lines,
+never a warning or an error, since nothing is lost but speed: pip shows it only under
+``pip install -v``. (It is logged at INFO, as setuptools logs "building ... extension":
+pip never passes its verbosity to the build, so a DEBUG line would show nowhere.)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class OptionalBuildExt(build_ext):
             self._skipped(ext.name, exc)
 
     def _skipped(self, what: str, exc: Exception) -> None:
-        log.debug("echoverse: not building %s (%s); pure Python is used instead", what, exc)
+        log.info("echoverse: not building %s (%s); pure Python is used instead", what, exc)
 
 
 setup(
