@@ -4,11 +4,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Reinstall whenever pyproject.toml changes.
+# Reinstall whenever pyproject.toml changes, or the C accelerator (built in place by the
+# editable install, or skipped quietly without a compiler).
 STAMP := $(VENV)/.installed
 
 # One list for ruff and mypy: every Python file of the project, tests and tools included.
-CHECKED := protocol.py echo_server.py echo_client.py echoverse tests tools
+CHECKED := protocol.py echo_server.py echo_client.py setup.py echoverse tests tools
 
 .PHONY: help install demo test lint format bench compare soak test-deploy clean
 
@@ -23,7 +24,7 @@ help:
 	@echo "make test-deploy  install HAProxy where possible, test docs/deploy.md's configuration"
 	@echo "make clean   remove .venv and caches"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py echoverse/speedups.c
 	$(PYTHON) -c 'import sys; sys.exit("echoverse needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -74,4 +75,4 @@ test-deploy: $(STAMP)
 	$(BIN)/python -m pytest tests/test_deploy.py -rs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info build echoverse/*.so

@@ -111,7 +111,7 @@ class FastEchoServer(EchoServer):
             return BufferedEchoProtocol(self)
         # rloop 0.5's transport.write costs about 21 ns per byte for anything but
         # bytes (measured: 680 us for a 32 KiB memoryview, 12.5 us as bytes), so
-        # large replies, which the NumPy builder returns as views, are copied first.
+        # large replies, which the pure-Python builder returns as bytearrays, are copied first.
         self.write_bytes_only = type(loop).__module__.startswith("rloop")
         return EchoProtocol(self)
 

@@ -1,14 +1,16 @@
-"""Every reply builder against the plain per-chunk definition, with and without NumPy.
+"""Every reply builder against the plain per-chunk definition, in C and in pure Python.
 
-The definition is written here from SPEC.md, sharing no code with ``protocol.py``: cut
-a batch into 20-byte chunks and a shorter rest, answer each with itself and its byte
-reversal; batches over 64 KiB are cut as Tornado's successive 64 KiB reads would be.
+The definition is written here from the protocol (docs/protocol.md), sharing no code
+with ``protocol.py``: cut a batch into 20-byte chunks and a shorter rest, answer each
+with itself and its byte reversal; batches over 64 KiB are cut as Tornado's successive
+64 KiB reads would be. The tests that go through ``protocol``'s selected builders (the
+session, the text mode, the client's check) run twice, once with the C accelerator
+selected and once with the pure-Python fallback (the ``builders`` fixture).
 """
 
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -18,15 +20,27 @@ from hypothesis import strategies as st
 import protocol
 from protocol import EchoSession, ReplyBuffer
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+try:
+    from echoverse import speedups
+except ImportError:  # no C compiler at install time: the C cases are skipped
+    speedups = None  # type: ignore[assignment]
 
-# Sizes that matter: around one chunk, the loop/vectorised crossovers (400 B, 2 KiB),
-# and past the 64 KiB batch limit.
+SKIP_UNBUILT = pytest.mark.skipif(speedups is None, reason="echoverse.speedups is not built")
+
+# The fixture patches protocol's module globals once per test, not per example.
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+# Sizes that matter: around one chunk, the loop/strided-slices crossover (2 KiB), and past
+# the 64 KiB batch limit.
 INTERESTING_SIZES = [0, 1, 19, 20, 21, 24, 399, 400, 401, 2047, 2048, 2049, 65536, 65557, 200_004]
 
 
 def definition(batch: bytes) -> bytes:
-    """The reply to one batch, one chunk at a time (SPEC.md)."""
+    """The reply to one batch, one chunk at a time (docs/protocol.md)."""
     chunks = [batch[start : start + 20] for start in range(0, len(batch), 20)]
     return b"".join(chunk + chunk[::-1] for chunk in chunks)
 
@@ -35,6 +49,11 @@ def session_definition(batch: bytes) -> bytes:
     """A session's reply: batches over 64 KiB are the batches Tornado's reads make."""
     step = 64 * 1024
     return b"".join(definition(batch[start : start + step]) for start in range(0, len(batch), step))
+
+
+def reversal_definition(data: bytes) -> bytes:
+    """The reply's second halves: every chunk reversed, joined."""
+    return b"".join(data[start : start + 20][::-1] for start in range(0, len(data), 20))
 
 
 def text_definition(batch: bytes) -> bytes:
@@ -79,11 +98,32 @@ def _decodes(data: bytes) -> bool:
 Builder = Callable[[bytes], ReplyBuffer]
 BUILDERS: dict[str, Builder] = {
     "loop": protocol.reply_by_loop,
-    "itemgetter": protocol.reply_by_itemgetter,
     "slices": protocol.reply_by_slices,
-    "numpy": protocol.reply_by_numpy,
+    "python": protocol.build_reply_in_python,
     "build_reply": protocol.build_reply,
 }
+if speedups is not None:
+    BUILDERS["c"] = speedups.build_reply
+
+
+@pytest.fixture(
+    params=[pytest.param("c", marks=SKIP_UNBUILT), "python"],
+)
+def builders(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Select the C builders or the pure-Python ones in ``protocol``, as its import does."""
+    accelerated = request.param == "c"
+    build: Builder
+    reverse: Callable[[bytes], bytes]
+    if accelerated:
+        assert speedups is not None
+        build, reverse = speedups.build_reply, speedups.reverse_each_chunk
+    else:
+        build, reverse = protocol.build_reply_in_python, protocol.reverse_each_chunk_in_python
+    monkeypatch.setattr(protocol, "build_reply", build)
+    monkeypatch.setattr(protocol, "reverse_each_chunk", reverse)
+    monkeypatch.setattr(protocol, "ACCELERATED", accelerated)
+    return str(request.param)
+
 
 batches = st.one_of(
     st.binary(max_size=3000),
@@ -111,13 +151,15 @@ def test_every_builder_is_the_definition(name: str, batch: bytes) -> None:
 def test_builders_on_patterned_batches(size: int) -> None:
     batch = bytes((index * 7 + 3) % 256 for index in range(size))
     expected = definition(batch)
-    for build in BUILDERS.values():
-        assert bytes(build(batch)) == expected
+    for name, build in BUILDERS.items():
+        assert bytes(build(batch)) == expected, name
 
 
 @SETTINGS
 @given(data=st.binary(max_size=3000), cuts=st.lists(st.integers(min_value=0, max_value=3000)))
-def test_a_session_answers_any_cut_as_the_definition(data: bytes, cuts: list[int]) -> None:
+def test_a_session_answers_any_cut_as_the_definition(
+    builders: str, data: bytes, cuts: list[int]
+) -> None:
     """Any cut into batches: each batch answered by the definition, until ``over``."""
     session = EchoSession()
     reply = b""
@@ -139,63 +181,35 @@ def test_a_session_answers_any_cut_as_the_definition(data: bytes, cuts: list[int
 @given(
     text=st.text(alphabet=st.sampled_from("ab é你😀\x00"), max_size=80), noise=st.binary(max_size=6)
 )
-def test_text_mode_builder_is_the_definition(text: str, noise: bytes) -> None:
+def test_text_mode_builder_is_the_definition(builders: str, text: str, noise: bytes) -> None:
     batch = text.encode() + noise  # noise: possibly invalid UTF-8 at the end
     assert bytes(protocol.build_text_reply(batch)) == text_definition(batch)
 
 
 @SETTINGS
 @given(batch=batches)
-def test_reverse_each_chunk_is_the_second_halves(batch: bytes) -> None:
-    chunks = [batch[start : start + 20] for start in range(0, len(batch), 20)]
-    assert protocol.reverse_each_chunk(batch) == b"".join(chunk[::-1] for chunk in chunks)
-
-
-@pytest.fixture
-def without_numpy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Make ``import numpy`` fail, as on a machine without the ``speed`` extra."""
-    monkeypatch.setitem(sys.modules, "numpy", None)
-    protocol._numpy.cache_clear()
-    protocol.vectorised_builder.cache_clear()
-    yield
-    protocol._numpy.cache_clear()
-    protocol.vectorised_builder.cache_clear()
-
-
-def test_without_numpy_large_batches_use_strided_slices(without_numpy: None) -> None:
-    builder, threshold = protocol.vectorised_builder()
-    assert builder is protocol.reply_by_slices
-    assert threshold > protocol.SMALL_BATCH
-    with pytest.raises(RuntimeError, match="speed"):
-        protocol.reply_by_numpy(b"x" * 1000)
+def test_reverse_each_chunk_is_the_second_halves(builders: str, batch: bytes) -> None:
+    assert protocol.reverse_each_chunk(batch) == reversal_definition(batch)
 
 
 @pytest.mark.parametrize("size", INTERESTING_SIZES)
-def test_without_numpy_every_path_is_the_definition(without_numpy: None, size: int) -> None:
+def test_every_path_is_the_definition(builders: str, size: int) -> None:
+    """The session, the client's check and the reversal, at the sizes that switch paths."""
     batch = bytes((index * 11 + 5) % 256 for index in range(size))
     assert bytes(protocol.build_reply(batch)) == definition(batch)
     assert bytes(EchoSession().answer(batch)) == session_definition(batch)
-    assert protocol.reverse_each_chunk(batch) == b"".join(
-        batch[start : start + 20][::-1] for start in range(0, len(batch), 20)
-    )
+    assert protocol.reverse_each_chunk(batch) == reversal_definition(batch)
     if batch:
         reply = protocol.split_reply(batch, definition(batch))
         assert reply.echo == batch
+        assert reply.reversed == reversal_definition(batch)
 
 
-def test_itemgetter_builder_is_the_definition_at_every_small_size() -> None:
-    """It keeps one table entry per batch size: check each, and again from the table."""
-    for _ in range(2):
-        for size in range(protocol.SMALL_BATCH + 50):
-            batch = bytes((index * 7 + size) % 256 for index in range(size))
-            assert protocol.reply_by_itemgetter(batch) == definition(batch), size
-
-
-def test_with_numpy_large_batches_use_numpy() -> None:
-    pytest.importorskip("numpy")
-    builder, threshold = protocol.vectorised_builder()
-    assert builder is protocol.reply_by_numpy
-    assert threshold == protocol.SMALL_BATCH
+def test_the_fixture_selects_what_it_says(builders: str) -> None:
+    """Guard for the tests above: a new session really builds with the selected builder."""
+    assert protocol.ACCELERATED is (builders == "c")
+    expected = speedups.build_reply if builders == "c" else protocol.build_reply_in_python
+    assert EchoSession()._build is expected
 
 
 def _cut(data: bytes, cuts: list[int]) -> Iterator[bytes]:

@@ -3,8 +3,8 @@
 As h11's ``test_io.py`` does, the server side is fed one byte at a time and in every way
 of cutting a message into batches; as h2's state-machine tests do, Hypothesis checks that
 any input cut any way gives a valid reply stream. The expected replies come from
-:func:`oracle`, a few lines written straight from ``docs/protocol.md`` that share no code with the
-implementation.
+:func:`oracle`, a few lines written straight from the protocol (docs/protocol.md) that
+share no code with the implementation.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ ALPHABET_45 = bytes(range(65, 65 + 26)) + bytes(range(97, 97 + 19))
 
 
 def oracle(batches: Iterable[bytes]) -> tuple[list[bytes], bool]:
-    """(chunks answered, closed) for batches as the server receives them, per docs/protocol.md.
+    """(chunks answered, closed) for batches as the server receives them (docs/protocol.md).
 
     Each batch is cut 20, 20, ..., rest; a chunk equal to b"over" closes, and nothing
     after it (in its batch or later ones) is answered.
@@ -180,7 +180,7 @@ def test_reply_size(size: int) -> None:
 # --- the server side: build_reply, batch_closes, EchoSession ------------------------
 
 
-# Sizes around the chunk and around where build_reply may switch to vectorised builders.
+# Sizes around the chunk and around where the pure-Python build_reply switches builders.
 @pytest.mark.parametrize(
     "size", [0, 1, 4, 19, 20, 21, 24, 40, 45, 64, 256, 399, 400, 401, 2047, 2048, 2049, 65_536]
 )
