@@ -330,7 +330,7 @@ def test_backpressure_bounds_memory_and_loses_nothing(loop: str, impl: str) -> N
     with running_server(server_argv(loop, impl)) as server:
         pid = server.process.pid
         with connect(server.address) as sock:
-            # Warm up: the first large batch loads NumPy into the fast path's builder.
+            # Warm up: the first large batch sizes the buffers a large reply needs.
             exchange(sock, random.Random(1).randbytes(256 * 1024))
             idle_kib = proc_status_kib(pid, "VmRSS")
 

@@ -449,7 +449,7 @@ async def run_clients(
 
 
 async def warm_up(address: Address) -> None:
-    """Load what the server loads lazily (NumPy for big batches) before the baseline."""
+    """Let the server size its buffers for every kind of client before the baseline."""
     tally = Tally()
     rng = random.Random(0)
     reader, writer = await connect(address)
