@@ -26,6 +26,7 @@ server code tests which loop it runs on for that:
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import importlib
 import importlib.metadata
@@ -296,6 +297,14 @@ class _VeloxLoopFixes:
         )
         # The caller gets the transport its protocol was given.
         return (made[0] if made else transport), protocol
+
+    async def create_unix_server(self, *args: Any, **kwargs: Any) -> Any:
+        # veloxloop 0.2 raises a bare NotImplementedError: an OSError is what callers
+        # report as "cannot listen" in one line.
+        raise OSError(errno.EAFNOSUPPORT, "veloxloop 0.2 has no Unix sockets")
+
+    async def create_unix_connection(self, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EAFNOSUPPORT, "veloxloop 0.2 has no Unix sockets")
 
     async def getaddrinfo(self, host: Any, port: Any, **kwargs: Any) -> Any:
         # veloxloop 0.2 resolves in worker threads that, once started, wake about 7,000

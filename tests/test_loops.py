@@ -9,6 +9,8 @@ chunks, closes after ``over`` and exits 0 on SIGTERM.
 from __future__ import annotations
 
 import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 from support import TIMEOUT, echo_server_argv, running_server
@@ -59,3 +61,13 @@ def test_every_loop_has_an_extra_and_a_version() -> None:
 def test_unknown_and_missing_loops_say_how_to_get_them() -> None:
     with pytest.raises(loops.LoopUnavailableError, match="unknown loop 'tokio'"):
         loops.loop_factory("tokio")
+
+
+@pytest.mark.skipif(not loops.is_available("veloxloop"), reason="veloxloop is not installed")
+def test_unix_socket_on_veloxloop_is_one_line(tmp_path: Path) -> None:
+    """veloxloop 0.2 has no Unix sockets: the server says so in one line, no traceback."""
+    argv = echo_server_argv("--loop", "veloxloop", "--unix", str(tmp_path / "s"))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "not supported" in result.stderr

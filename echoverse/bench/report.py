@@ -95,12 +95,21 @@ def tail_notes(cells: Sequence[Cell]) -> list[str]:
             if late > 0.5 * p99
             else "mostly in the server (and the kernel) after the message left"
         )
+        others = [
+            f"{fmt(share, 2)} % of the {name}'s CPU"
+            for name, share in (
+                ("server", s["other_server_cpu_pct"]),
+                ("load generator", s["other_loadgen_cpu_pct"]),
+            )
+            if share is not None and share > 1
+        ]
+        busy = f"; other processes took {' and '.join(others)}" if others else ""
         notes.append(
             f"{cell.target.label} {cell.connections} × {format_size(cell.size)} at "
             f"{rate_text(cell)}: p99 {fmt(p99)} µs is {p99 / p50:.1f}× p50 ({fmt(p50)} µs); "
             f"messages left up to {fmt(late)} µs late (p99 send lag), replies took "
             f"{fmt(service.get('p50'))} µs (p50) to {fmt(service.get('p99'))} µs (p99) from "
-            f"sending: {where}"
+            f"sending: {where}{busy}"
         )
     return notes
 
