@@ -8,6 +8,8 @@ chunks, closes after ``over`` and exits 0 on SIGTERM.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -71,3 +73,30 @@ def test_unix_socket_on_veloxloop_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
     assert "not supported" in result.stderr
+
+
+@pytest.mark.parametrize("loop", loops.available_loops())
+def test_server_connections_have_nagle_off(loop: str) -> None:
+    """Every loop's TCP transports send at once (TCP_NODELAY), as asyncio's do: with
+    Nagle's algorithm on, a reply written in two pieces waits ~40 ms for a delayed ACK."""
+
+    async def nodelay_of_accepted_connection() -> int:
+        running = asyncio.get_running_loop()
+        made: asyncio.Future[int] = running.create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                fileno = getattr(transport, "fileno", None)
+                fd = fileno() if fileno else transport.get_extra_info("socket").fileno()
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    made.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        server = await running.create_server(Probe, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), TIMEOUT):
+            value = await asyncio.wait_for(made, TIMEOUT)
+        server.close()
+        return value
+
+    with asyncio.Runner(loop_factory=loops.loop_factory(loop)) as runner:
+        assert runner.run(nodelay_of_accepted_connection()) == 1
