@@ -15,7 +15,7 @@ from typing import Any
 
 from echoverse import loops
 from echoverse.bench.stats import Cell
-from echoverse.bench.targets import C_LOOP, TARGETS
+from echoverse.bench.targets import C_LOOP, TARGETS, Target
 from echoverse.bench.units import format_size
 
 __all__ = ["write_matrix_chart", "write_sweep_chart"]
@@ -39,6 +39,13 @@ def pyplot() -> Any | None:
     return plt
 
 
+def order(target: Target) -> tuple[int, int, str]:
+    """Targets in the order of TARGETS, then of the loop table."""
+    names = list(loops.LOOP_NAMES)
+    loop = names.index(target.loop) if target.loop in names else -1
+    return (TARGETS.index(target.name), loop, target.loop)
+
+
 def style(label_target: str, loop: str, plt: Any) -> dict[str, Any]:
     """One hue per implementation; each loop a shade of it (the C server: black)."""
     if loop == C_LOOP:
@@ -58,7 +65,7 @@ def write_matrix_chart(path: Path, cells: Sequence[Cell], subtitle: str) -> Path
     if plt is None:
         return None
     points = sorted({(cell.connections, cell.size) for cell in closed})
-    targets = sorted({cell.target for cell in closed}, key=lambda t: (TARGETS.index(t.name), t))
+    targets = sorted({cell.target for cell in closed}, key=order)
     by_key = {(cell.target, cell.connections, cell.size): cell.summary for cell in closed}
     figure, axes = plt.subplots(2, 1, figsize=(max(9.0, 1.6 * len(points) + 5), 9), sharex=True)
     width = 0.8 / max(1, len(targets))
@@ -105,7 +112,7 @@ def write_sweep_chart(path: Path, cells: Sequence[Cell], subtitle: str) -> Path 
     for axis, (connections, size) in zip(axes[0], points, strict=True):
         targets = sorted(
             {c.target for c in swept if (c.connections, c.size) == (connections, size)},
-            key=lambda t: (TARGETS.index(t.name), t),
+            key=order,
         )
         for target in targets:
             series = sorted(
