@@ -50,11 +50,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The quick matrix: every target on every installed loop, one short repeat per cell.
-# `echoverse-bench run --help` for the full one; `echoverse-bench idle` and `echoverse-bench cold-start`
-# measure memory per idle connection and a fresh server's first clients.
+# The quick matrix: every target on every installed loop at 1 x 8 B and 16 x 200 B, one
+# short repeat per cell, closed loop (under 3 minutes). `echoverse-bench run --help` for
+# the full one, --rate/--rates for the open loop; `echoverse-bench compare A B` compares
+# two runs; `echoverse-bench idle` and `cold-start` measure memory per idle connection
+# and a fresh server's first clients.
 bench: $(STAMP)
-	$(BIN)/python -m echoverse.bench run --warmup 0.2 --duration 0.6 --repeats 1 --max-inflight 256k --ramp-timeout 10
+	$(BIN)/python -m echoverse.bench run --connections 1,16 --sizes 8,200 --warmup 0.2 --duration 0.5 --repeats 1 --ramp-timeout 10
 
 # Good and hostile clients for 2 minutes, then lost bytes, tracebacks, memory and fds
 # checked; e.g. `make soak SOAK_ARGS="--seconds 30 --impl protocol"`.

@@ -1,7 +1,7 @@
 """Run every async test once per installed event loop, with the loop's name as test id.
 
 The loops come from the project's one table (``loops.py``): the same body runs on
-asyncio and uvloop (and rloop when installed), as uvloop's own tests do with a mixin.
+asyncio and uvloop, as uvloop's own tests do with a mixin.
 Suites that only need a client-side loop (the conformance suite speaks raw TCP to
 server processes) run on asyncio alone.
 """
@@ -31,10 +31,13 @@ def pytest_asyncio_loop_factories(
     return {name: loops.loop_factory(name) for name in loops_under_test()}
 
 
-def loops_under_test() -> list[str]:
-    """The loops the in-process tests run on: asyncio, uvloop, and others installed.
+# The loops the in-process tests run on. The others (rloop, veloxloop, aiofastnet on
+# asyncio and on uvloop) are young or thin layers, and each would add the whole
+# in-process suite's time again: tests/test_loops.py runs every server on each of them
+# over real sockets, and the benchmark's smoke test checks their replies (see README).
+IN_PROCESS_LOOPS = ("asyncio", "uvloop")
 
-    rloop is left out: it is young and tested through the benchmark and its own
-    scenarios (see README).
-    """
-    return [name for name in loops.available_loops() if name != "rloop"]
+
+def loops_under_test() -> list[str]:
+    """The installed loops among IN_PROCESS_LOOPS."""
+    return [name for name in loops.available_loops() if name in IN_PROCESS_LOOPS]

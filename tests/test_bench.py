@@ -1,13 +1,15 @@
-"""bench.py smoke tests: one tiny matrix end to end, the reply check, the bench-only servers.
+"""Benchmark smoke tests: small runs end to end, the load generator's reply check in both
+loops, compare, budgets, the floor server.
 
 No timing is asserted: the numbers depend on the machine. What is checked is that the
 benchmark produces its reports, that a wrong reply is an error and never a number, and
-that the naive baseline and the floor speak the protocol.
+that the open loop keeps its schedule's accounts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -15,60 +17,94 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import PYTHON, TIMEOUT, running_server
 
-from echoverse.bench import main as bench
+from echoverse import loops
+from echoverse.bench import budgets, cli, compare, tools, units
 
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="bench.py needs a C compiler")
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the benchmark needs cc")
 
 Reply = Callable[[bytes], bytes]
 
 
+def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "echoverse.bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=12 * TIMEOUT,
+        check=False,
+        env=env,
+    )
+
+
+QUICK = ("--warmup", "0.1", "--duration", "0.3", "--repeats", "1")
+
+
 def test_run_writes_reports_with_verified_cells(tmp_path: Path) -> None:
-    pytest.importorskip("rich")
-    argv = [
-        PYTHON, "-m", "echoverse.bench", "run",
-        "--targets", "c,floor,protocol", "--loops", "asyncio",
-        "--connections", "16", "--sizes", "8",
-        "--warmup", "0.1", "--duration", "0.3", "--repeats", "1",
-        "--out", str(tmp_path),
-    ]  # fmt: skip
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=6 * TIMEOUT, check=False)
+    result = bench(
+        "run", "--targets", "c,floor,protocol", "--loops", "asyncio",
+        "--connections", "16", "--sizes", "200", *QUICK, "--out", str(tmp_path),
+        "--budget", "protocol-asyncio@16x200<=1000",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
     document = json.loads((tmp_path / "bench.json").read_text())
     assert document["kind"] == "echoverse-bench"
-    assert {"date", "cpu_model", "loadavg_start", "loadavg_end"} <= document["meta"].keys()
+    env = document["environment"]
+    for key in ("cpu_model", "kernel", "python", "governor", "pinning", "accelerator"):
+        assert env[key], key
+    assert env["loops"]["asyncio"].startswith("Python ")
+    assert env["loadgen_cpu"]["max_pct"] is not None
     cells = {cell["label"]: cell for cell in document["cells"]}
     assert set(cells) == {"c-epoll", "floor-asyncio", "protocol-asyncio"}
     for cell in cells.values():
         assert cell["error"] is None, cell["error"]
-        assert cell["connections"] == 16
-        assert cell["size"] == 8
+        assert cell["rate"] is None
         assert cell["rt_per_s"] > 0
-        assert cell["mib_per_s"] > 0
-        assert set(cell["latency_us"]) == {"p50", "p90", "p99", "p99.9", "max"}
+        assert set(cell["latency_us"]) == {"p50", "p90", "p99", "p99.9", "p99.99", "max"}
+        assert cell["latency_us"]["p50"] <= cell["latency_us"]["p99.99"]
+        assert cell["histogram"]
         assert cell["cpu_us_per_rt"] is not None
-        assert cell["peak_rss_kib"] > 0
-        assert cell["loadgen_cpu_pct"] is not None
-        assert isinstance(cell["flags"], list)
         assert cell["vs_c"]["cpu_us_per_rt"] is not None
     assert cells["c-epoll"]["vs_c"]["cpu_us_per_rt"] == pytest.approx(1.0)
-    assert all(target["exit_status"] == 0 for target in document["targets"])
-    assert "| protocol-asyncio | 16 | 8 B |" in (tmp_path / "bench.md").read_text()
-    # The issue-4 check for this cell, with the floor beside it.
-    (check,) = [c for c in document["checks"] if c["target"] == "protocol-asyncio"]
-    assert check["measured"] is not None
-    assert check["floor"] == cells["floor-asyncio"]["vs_c"]["cpu_us_per_rt"]
+    (budget,) = document["budgets"]
+    assert budget["met"] is True
+    assert budget["floor"] == cells["floor-asyncio"]["vs_c"]["cpu_us_per_rt"]
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "| protocol-asyncio | 16 | 200 B | closed |" in markdown
+    assert "governor" in result.stdout
+
+
+def test_open_loop_run_at_a_share_of_capacity(tmp_path: Path) -> None:
+    result = bench(
+        "run", "--targets", "c", "--connections", "4", "--sizes", "64",
+        "--rates", "10%,20%", *QUICK, "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    document = json.loads((tmp_path / "bench.json").read_text())
+    by_rate = {cell["rate"]: cell for cell in document["cells"]}
+    assert set(by_rate) == {None, "10%", "20%"}
+    closed = by_rate[None]["rt_per_s"]
+    for rate, share in (("10%", 0.1), ("20%", 0.2)):
+        cell = by_rate[rate]
+        assert cell["error"] is None, cell["error"]
+        assert cell["asked_rt_per_s"] == pytest.approx(share * closed)
+        # Sent on schedule: the achieved rate is the asked one, not the closed loop's.
+        assert cell["rt_per_s"] < 0.5 * closed
+        assert cell["latency_us"]["p99.99"] >= cell["latency_us"]["p50"] > 0
+        assert cell["send_lag_us"]["p50"] is not None
+    assert (tmp_path / "sweep.png").exists()
 
 
 @contextmanager
-def fake_server(reply: Reply) -> Iterator[int]:
-    """A blocking server on a free port that answers every message with ``reply(message)``.
+def fake_server(reply: Reply, *, whole_messages: int | None = 8) -> Iterator[int]:
+    """A blocking server on a free port answering each read with ``reply(bytes)``.
 
-    Messages are read as they come; the load generator sends 8-byte messages, so a read
-    of up to 8 bytes that returns fewer waits for the rest.
+    ``whole_messages``: read exactly that many bytes per answer (one message of the load
+    generator); None: answer whatever one recv returned, cutting across messages.
     """
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(TIMEOUT)
@@ -83,17 +119,19 @@ def fake_server(reply: Reply) -> Iterator[int]:
             with conn:
                 conn.settimeout(TIMEOUT)
                 while not stop.is_set():
-                    message = b""
-                    while len(message) < 8:
-                        try:
-                            data = conn.recv(8 - len(message))
-                        except OSError:
-                            return
+                    try:
+                        if whole_messages is None:
+                            data = conn.recv(4096)
+                        else:
+                            data = b""
+                            while len(data) < whole_messages:
+                                got = conn.recv(whole_messages - len(data))
+                                if not got:
+                                    return
+                                data += got
                         if not data:
                             return
-                        message += data
-                    try:
-                        conn.sendall(reply(message))
+                        conn.sendall(reply(data))
                     except OSError:
                         return
 
@@ -106,29 +144,42 @@ def fake_server(reply: Reply) -> Iterator[int]:
         thread.join(TIMEOUT)
 
 
-def run_loadgen_against(tmp_path: Path, reply: Reply) -> dict[str, object]:
-    tools = bench.build_tools(tmp_path / "build")
-    with fake_server(reply) as port:
+def run_loadgen_against(
+    tmp_path: Path, reply: Reply, *extra: str, whole_messages: int | None = 8
+) -> dict[str, Any]:
+    built = tools.build_tools(tmp_path / "build")
+    with fake_server(reply, whole_messages=whole_messages) as port:
         argv = [
-            str(tools.loadgen), "--port", str(port), "--connections", "1", "--size", "8",
-            "--warmup", "0.05", "--duration", "0.1",
+            str(built.loadgen), "--port", str(port), "--connections", "1", "--size", "8",
+            "--warmup", "0.05", "--duration", "0.1", *extra,
         ]  # fmt: skip
         result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=True)
-    report: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return report
 
 
-def cut_reply(message: bytes, size: int) -> bytes:
+def cut_reply(data: bytes, size: int) -> bytes:
     """A valid double reply whose chunks are ``size`` bytes: a server that read in pieces."""
-    chunks = [message[i : i + size] for i in range(0, len(message), size)]
+    chunks = [data[i : i + size] for i in range(0, len(data), size)]
     return b"".join(chunk + chunk[::-1] for chunk in chunks)
 
 
 def test_loadgen_accepts_any_valid_cut(tmp_path: Path) -> None:
     report = run_loadgen_against(tmp_path, lambda message: cut_reply(message, 3))
     assert report["errors"] == 0, report["first_error"]
-    assert isinstance(report["round_trips"], int)
     assert report["round_trips"] > 0
+
+
+def test_open_loop_accepts_chunks_across_messages(tmp_path: Path) -> None:
+    """Sent on schedule, messages queue up and the server cuts across them: 7-byte chunks
+    of a stream of 8-byte messages still check out, and every message is timed."""
+    report = run_loadgen_against(
+        tmp_path, lambda data: cut_reply(data, 7), "--rate", "5000", whole_messages=None
+    )
+    assert report["errors"] == 0, report["first_error"]
+    assert report["mode"] == "open"
+    assert report["round_trips"] == report["due_in_window"] > 0
+    assert report["unfinished"] == 0
 
 
 @pytest.mark.parametrize(
@@ -137,42 +188,116 @@ def test_loadgen_accepts_any_valid_cut(tmp_path: Path) -> None:
         pytest.param(lambda m: m + m, id="echo-twice"),
         pytest.param(lambda m: m + m[::-1] + b"!", id="one-byte-too-many"),
         pytest.param(lambda m: m[:4] + m[4:][::-1] + m[:4][::-1] + m[4:], id="halves-swapped"),
+        pytest.param(lambda m: cut_reply(m, 3)[:-1] + b"\x00", id="last-byte-wrong"),
     ],
 )
-def test_loadgen_reports_a_wrong_reply_as_an_error(tmp_path: Path, reply: Reply) -> None:
-    report = run_loadgen_against(tmp_path, reply)
+@pytest.mark.parametrize("mode", [(), ("--rate", "2000")], ids=["closed", "open"])
+def test_loadgen_reports_a_wrong_reply_as_an_error(
+    tmp_path: Path, reply: Reply, mode: tuple[str, ...]
+) -> None:
+    report = run_loadgen_against(tmp_path, reply, *mode)
     assert report["errors"] == 1
     assert "reversal" in str(report["first_error"])
     assert report["round_trips"] == 0
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+ENVIRONMENT: dict[str, Any] = {
+    "date": "d", "hostname": "h", "cpu_model": "cpu", "cpus_online": 2, "kernel": "k",
+    "python": "CPython 3.11", "echoverse": "0", "packages": {}, "governor": "g",
+    "pinning": "p", "accelerator": "unknown",
+}  # fmt: skip
+
+
+def result_document(cpu: list[float], p50: list[float]) -> dict[str, Any]:
+    """A minimal bench.json with one cell whose repeats measured ``cpu`` and ``p50``."""
+    return {
+        "kind": "echoverse-bench",
+        "version": 2,
+        "environment": ENVIRONMENT | {"loops": {"uvloop": "uvloop 0.21"}},
+        "cells": [
+            {
+                "label": "protocol-uvloop",
+                "connections": 16,
+                "size": 200,
+                "rate": None,
+                "error": None,
+                "repeats": len(cpu),
+                "cpu_us_per_rt": sorted(cpu)[len(cpu) // 2],
+                "rt_per_s": 1000.0,
+                "latency_us": {"p50": sorted(p50)[len(p50) // 2], "p99": 100.0},
+                "spread": {"cpu_us_per_rt": [min(cpu), max(cpu)], "p50": [min(p50), max(p50)]},
+            }
+        ],
+    }
+
+
+def test_compare_tells_a_change_from_noise() -> None:
+    old = result_document(cpu=[10.0, 10.5, 11.0], p50=[30.0, 31.0, 40.0])
+    new = result_document(cpu=[7.0, 7.2, 7.5], p50=[29.0, 35.0, 36.0])
+    rows = {row["figure"]: row for row in compare.compare_cells(old, new)}
+    assert rows["cpu_us_per_rt"]["ratio"] == pytest.approx(7.2 / 10.5)
+    assert rows["cpu_us_per_rt"]["verdict"] == "better"
+    assert rows["p50"]["verdict"] == "within noise"
+    worse = {row["figure"]: row for row in compare.compare_cells(new, old)}
+    assert worse["cpu_us_per_rt"]["verdict"] == "worse"
+    single = result_document(cpu=[10.0], p50=[30.0])
+    (first, *_) = compare.compare_cells(single, single)
+    assert first["verdict"].startswith("one repeat")
+
+
+def test_compare_command_prints_ratios_and_what_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(result_document(cpu=[10.0, 11.0], p50=[30.0, 31.0])))
+    changed = result_document(cpu=[5.0, 5.5], p50=[30.0, 31.0])
+    changed["environment"]["loops"]["uvloop"] = "uvloop 0.22"
+    new.write_text(json.dumps(changed))
+    assert cli.main(["compare", str(old), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "uvloop: uvloop 0.21 -> uvloop 0.22" in out
+    assert "better" in out
+
+
+def test_compare_refuses_a_file_that_is_not_a_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.json"
+    other.write_text('{"kind": "something else"}')
+    assert cli.main(["compare", str(other), str(other)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "not an echoverse-bench run result" in err
+
+
+def test_budgets_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    budget = budgets.parse_budget("protocol-uvloop@1x16k:p50<=1.2")
+    assert (budget.label, budget.connections, budget.size) == ("protocol-uvloop", 1, 16384)
+    assert (budget.figure, budget.limit, budget.at_most) == ("p50", 1.2, True)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--budget", "protocol-uvloop<=1.3"])
+    assert exit_info.value.code == 2
+    assert "not a budget" in capsys.readouterr().err
+
+
+def test_a_missing_compiler_is_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "CC": "no-such-compiler-here"}
+    result = bench("run", "--targets", "c", "--out", str(tmp_path), env=env)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "no C compiler" in result.stderr
+
+
+@pytest.mark.parametrize("loop", loops.available_loops())
 def test_floor_server_answers_each_batch(loop: str) -> None:
-    """The floor target (a bare protocol; the stdlib loop has its own buffered one)."""
     argv = [PYTHON, "-m", "echoverse.bench", "serve-floor", "--port", "0", "--loop", loop]
     with running_server(argv) as server, socket.create_connection(server.address, TIMEOUT) as sock:
-        assert_answers_a_two_chunk_message(sock)
-    assert server.process.returncode == 0
-
-
-def assert_answers_a_two_chunk_message(sock: socket.socket) -> None:
-    message = b"a message longer than twenty bytes"
-    sock.sendall(message)
-    reply = b""
-    while len(reply) < 2 * len(message):
-        reply += sock.recv(4096)
-    assert reply == b"".join(chunk + chunk[::-1] for chunk in (message[:20], message[20:]))
-
-
-def test_naive_server_speaks_echo20() -> None:
-    argv = [PYTHON, "-m", "echoverse.bench", "serve-naive", "--port", "0", "--loop", "asyncio"]
-    with running_server(argv) as server, socket.create_connection(server.address, TIMEOUT) as sock:
-        assert_answers_a_two_chunk_message(sock)
-        sock.sendall(b"over")
-        tail = b""
-        while data := sock.recv(4096):
-            tail += data
-        assert tail == b"overrevo"
+        message = b"a message longer than twenty bytes"
+        sock.sendall(message)
+        reply = b""
+        while len(reply) < 2 * len(message):
+            reply += sock.recv(4096)
+        assert reply == cut_reply(message, 20)
     assert server.process.returncode == 0
 
 
@@ -180,4 +305,9 @@ def test_naive_server_speaks_echo20() -> None:
     ("text", "size"), [("8", 8), ("16k", 16384), ("256KiB", 262144), ("1m", 1048576)]
 )
 def test_sizes_take_binary_suffixes(text: str, size: int) -> None:
-    assert bench.parse_size(text) == size
+    assert units.parse_size(text) == size
+
+
+@pytest.mark.parametrize(("text", "rate"), [("20000", "20000"), ("20k", "20000"), ("50%", "50%")])
+def test_rates_are_absolute_or_shares(text: str, rate: str) -> None:
+    assert units.parse_rate(text) == rate

@@ -2,6 +2,6 @@
 
 import sys
 
-from echoverse.bench.main import main
+from echoverse.bench.cli import main
 
 sys.exit(main())
