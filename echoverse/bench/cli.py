@@ -24,7 +24,7 @@ from echoverse.bench.matrix import command_run
 from echoverse.bench.measure import RAMP_TIMEOUT
 from echoverse.bench.memory import command_cold_start, command_idle
 from echoverse.bench.servers import command_serve_floor
-from echoverse.bench.targets import TARGETS
+from echoverse.bench.targets import DEFAULT_TARGETS, TARGETS
 from echoverse.bench.units import (
     byte_count,
     count_list,
@@ -56,7 +56,7 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--targets",
         type=name_list(TARGETS),
-        default=",".join(TARGETS),
+        default=",".join(DEFAULT_TARGETS),
         help="comma-separated targets; each runs on each of --loops (c on epoll only)",
     )
     parser.add_argument(

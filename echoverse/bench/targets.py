@@ -20,9 +20,21 @@ from dataclasses import dataclass
 
 from echoverse import loops
 
-__all__ = ["C_LOOP", "TARGETS", "Target", "expand_targets", "server_argv"]
+__all__ = ["C_LOOP", "DEFAULT_TARGETS", "TARGETS", "Target", "expand_targets", "server_argv"]
 
-TARGETS = ("c", "floor", "tornado", "tornado-nodelay", "streams", "iostream", "protocol")
+TARGETS = (
+    "c",
+    "floor",
+    "tornado",
+    "tornado-nodelay",
+    "streams",
+    "iostream",
+    "protocol",
+    "protocol-pure",
+)
+# protocol-pure is the fast path with the C accelerator turned off
+# (ECHOVERSE_PURE_PYTHON=1): asked for by name, to see what the accelerator buys.
+DEFAULT_TARGETS = TARGETS[:-1]
 # The implementations of echo_server.py --impl among the targets.
 IMPLEMENTATIONS = ("streams", "iostream", "protocol")
 # The Tornado reference's --loop choices: Tornado drives asyncio's and uvloop's loops.
@@ -82,6 +94,18 @@ def server_argv(target: Target, host: str, c_server: str) -> list[str]:
         return [python, "-m", "echoverse.reference.tornado_server", *common, "--nodelay"]
     if target.name == "floor":
         return [python, "-m", "echoverse.bench", "serve-floor", *common]
+    if target.name == "protocol-pure":
+        # env(1) execs the server in place: the process measured is the server itself.
+        return [
+            "env",
+            "ECHOVERSE_PURE_PYTHON=1",
+            python,
+            "-m",
+            "echo_server",
+            *common,
+            "--impl",
+            "protocol",
+        ]
     return [python, "-m", "echo_server", *common, "--impl", target.name]
 
 
