@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from echoverse.conformance.processes import command_argv, free_port
@@ -98,35 +98,35 @@ def expected_transcript(replies: list[list[bytes]]) -> bytes:
 
 # --- how each script delivers a reply -----------------------------------------------
 
-Deliver = Callable[[asyncio.StreamWriter, list[bytes]], Awaitable[None]]
+# A reply as the segments it goes out in, each with the pause before it (seconds).
+Segments = list[tuple[float, bytes]]
 
 
-async def _write(writer: asyncio.StreamWriter, data: bytes, pause: float = 0.0) -> None:
-    writer.write(data)
-    await writer.drain()
-    if pause:
-        await asyncio.sleep(pause)  # sleep-ok: the gap between segments is the test
+def one_segment(chunks: list[bytes]) -> Segments:
+    return [(0.0, double_reply(chunks))]
 
 
-async def one_segment(writer: asyncio.StreamWriter, chunks: list[bytes]) -> None:
-    await _write(writer, double_reply(chunks))
+def byte_by_byte(chunks: list[bytes]) -> Segments:
+    return [(BYTE_PAUSE, bytes([byte])) for byte in double_reply(chunks)]
 
 
-async def byte_by_byte(writer: asyncio.StreamWriter, chunks: list[bytes]) -> None:
-    for byte in double_reply(chunks):
-        await _write(writer, bytes([byte]), BYTE_PAUSE)
+def halves_apart(chunks: list[bytes]) -> Segments:
+    return [(HALF_PAUSE, half) for chunk in chunks for half in (chunk, chunk[::-1])]
 
 
-async def halves_apart(writer: asyncio.StreamWriter, chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        await _write(writer, chunk, HALF_PAUSE)
-        await _write(writer, chunk[::-1], HALF_PAUSE)
-
-
-async def across_border(writer: asyncio.StreamWriter, chunks: list[bytes]) -> None:
+def across_border(chunks: list[bytes]) -> Segments:
     reply = double_reply(chunks)
-    for start in range(0, len(reply), ACROSS_BORDER_SEGMENT):
-        await _write(writer, reply[start : start + ACROSS_BORDER_SEGMENT], PIECE_PAUSE)
+    step = ACROSS_BORDER_SEGMENT
+    return [(PIECE_PAUSE, reply[start : start + step]) for start in range(0, len(reply), step)]
+
+
+async def deliver(writer: asyncio.StreamWriter, segments: Segments) -> None:
+    """Send the segments; the pause before the first is skipped (the client is waiting)."""
+    for index, (pause, segment) in enumerate(segments):
+        if index and pause:
+            await asyncio.sleep(pause)  # sleep-ok: the gap between segments is the test
+        writer.write(segment)
+        await writer.drain()
 
 
 def standard_cut(message: bytes) -> list[bytes]:
@@ -144,7 +144,7 @@ class Script:
 
     name: str
     about: str
-    deliver: Deliver = one_segment
+    segments: Callable[[list[bytes]], Segments] = one_segment
     cut: Callable[[bytes], list[bytes]] = standard_cut
     # None, or what happens to the reply to message FAULT_AT: "close" (half the echo,
     # then the server closes), "garbage" (the right length, the reversal missing),
@@ -163,16 +163,16 @@ class Script:
 
 SCRIPTS: tuple[Script, ...] = (
     Script("one_segment", "each reply in one segment (TCP_NODELAY)"),
-    Script("byte_by_byte", "each reply one byte per segment", deliver=byte_by_byte),
+    Script("byte_by_byte", "each reply one byte per segment", segments=byte_by_byte),
     Script(
         "halves_apart",
         f"each chunk's echo, then {HALF_PAUSE * 1000:g} ms later its reversal",
-        deliver=halves_apart,
+        segments=halves_apart,
     ),
     Script(
         "across_chunk_border",
         f"each reply in segments of {ACROSS_BORDER_SEGMENT} bytes",
-        deliver=across_border,
+        segments=across_border,
     ),
     Script(
         "uneven_cut",
@@ -208,13 +208,19 @@ class ClientRun:
     # The client closed its side (end of stream seen by the server).
     client_closed: bool = False
     # Where the server was when the run ended, for the messages of a hang.
-    progress: str = "no connection yet"
+    progress: str = "none: no connection yet"
+    # Where the server was when the client was killed for taking too long.
+    progress_at_timeout: str = ""
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    handlers: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 async def _serve(run: ClientRun, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     run.connections += 1
     run.writers.append(writer)
+    task = asyncio.current_task()
+    if task is not None:
+        run.handlers.append(task)
     if run.connections > 1:
         run.problems.append("the client opened a second connection")
         writer.close()
@@ -233,7 +239,7 @@ async def _serve(run: ClientRun, reader: asyncio.StreamReader, writer: asyncio.S
                     )
                 else:
                     run.client_closed = True
-                    run.progress = f"the client closed before message {index + 1}"
+                    run.progress = f"saw the client close before message {index + 1}"
                 return
             if data != message:
                 run.problems.append(f"message {index + 1}: expected {message!r}, got {data!r}")
@@ -243,9 +249,9 @@ async def _serve(run: ClientRun, reader: asyncio.StreamReader, writer: asyncio.S
                 await _fault(run, script.fault, chunks, reader, writer)
                 return
             run.progress = f"sending reply {index + 1}"
-            await script.deliver(writer, chunks)
+            await deliver(writer, script.segments(chunks))
             run.replies.append(chunks)
-            run.progress = f"reply {index + 1} sent whole"
+            run.progress = f"sent reply {index + 1} whole"
             if chunks[-1] == CLOSE_CHUNK:
                 # Close our side as a server does after ``over``, but keep reading: a
                 # client must send nothing more.
@@ -255,12 +261,12 @@ async def _serve(run: ClientRun, reader: asyncio.StreamReader, writer: asyncio.S
                     run.problems.append(f"the client sent {rest!r} after over's reply")
                 run.client_closed = True
                 return
-        run.progress = "every message answered; waiting for the client to close"
+        run.progress = "answered every message, waiting for the client to close"
         rest = await reader.read()
         if rest:
             run.problems.append(f"the client sent {rest!r} beyond its input")
         run.client_closed = True
-        run.progress = "the client closed after its last message"
+        run.progress = "saw the client close after its last message"
     except ConnectionError:
         run.client_closed = True
     finally:
@@ -277,14 +283,14 @@ async def _fault(
     reply = double_reply(chunks)
     if fault == "close":
         run.progress = "closed halfway through reply 2, as scripted"
-        await _write(writer, reply[: len(chunks[0]) // 2])
+        await deliver(writer, [(0.0, reply[: len(chunks[0]) // 2])])
         return
     if fault == "garbage":
         run.progress = "sent garbage for reply 2, as scripted"
-        await _write(writer, b"".join(chunk + chunk for chunk in chunks))
+        await deliver(writer, [(0.0, b"".join(chunk + chunk for chunk in chunks))])
     else:
         run.progress = "sent half of reply 2, then nothing, as scripted"
-        await _write(writer, reply[: len(reply) // 2])
+        await deliver(writer, [(0.0, reply[: len(reply) // 2])])
     # The client must give up on this connection: anything more it sends is a problem.
     rest = await reader.read()
     if rest:
@@ -324,6 +330,7 @@ async def run_client(script: Script, command: str, timeout: float) -> ClientRun:
                 )
         except TimeoutError:
             run.timed_out = True
+            run.progress_at_timeout = run.progress
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -333,9 +340,12 @@ async def run_client(script: Script, command: str, timeout: float) -> ClientRun:
     finally:
         if server is not None:
             server.close()
-            # Python 3.12 waits here for open connections; a client that hung has been
-            # killed, so its connection has ended, but the handler may still be parked.
+            # The client has exited, so its connection is over: cut ours too, and let
+            # each handler finish (a pause between segments at most) before the loop
+            # ends, so none is cancelled halfway.
             for writer in run.writers:
                 writer.transport.abort()
+            if run.handlers:
+                await asyncio.wait(run.handlers, timeout=timeout)
             await server.wait_closed()
     return run

@@ -420,11 +420,14 @@ class Peer:
 # --- a client that reads late and slowly: replies pile up in the server ----------------
 
 # The slow reader's receive buffer, set before connecting so that the window it
-# advertises stays small from the first segment on (Linux doubles the value).
-SLOW_RECEIVE_BUFFER = 16 * 1024
-# What it takes per read, and how long it rests between reads: at most 32 KiB per
-# millisecond, so a server that answers faster keeps replies queued.
-SLOW_READ_SIZE = 32 * 1024
+# advertises stays small from the first segment on (Linux doubles the value; the
+# default grows to megabytes).
+SLOW_RECEIVE_BUFFER = 64 * 1024
+# What it takes per read, and how long it rests between reads: at most 128 KiB per
+# millisecond, and much less in practice (a read returns what the small window let
+# through), so a server that answers faster keeps replies queued; 16 MiB of reply still
+# take only a second or two.
+SLOW_READ_SIZE = 128 * 1024
 SLOW_READ_PAUSE = 0.001
 # The reader starts once the writer is done, or has sent nothing for this long: a
 # server that stops reading while its replies wait (as Tornado's does) has then filled

@@ -14,7 +14,9 @@ the conformance runner against it and check which scenarios catch it::
 * ``no-reversal``: sends each chunk twice instead of the chunk and its reversal;
 * ``chunks-of-21``: cuts 21-byte chunks;
 * ``closes-on-lookalike``: closes on ``OVER``, ``over\\n`` and the like too;
-* ``never-closes``: answers ``over`` but keeps the connection open.
+* ``never-closes``: answers ``over`` but keeps the connection open;
+* ``exits-on-over``: the whole process exits (status 9) at the first ``over``: a server
+  that dies in the middle of a run.
 
 Like most servers it prints nothing and has no ready line.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from collections import deque
 
@@ -42,7 +45,11 @@ DEFECTS = (
     "chunks-of-21",
     "closes-on-lookalike",
     "never-closes",
+    "exits-on-over",
 )
+
+# The exits-on-over server's exit status.
+EXIT_STATUS = 9
 
 
 def cut(data: bytes, size: int = CHUNK_SIZE) -> list[bytes]:
@@ -101,6 +108,8 @@ class Broken(asyncio.Protocol):
             closes = last.strip().lower() == CLOSE_CHUNK
         if not closes or self.defect == "never-closes":
             return
+        if self.defect == "exits-on-over":
+            os._exit(EXIT_STATUS)
         if self.defect == "answers-after-over":
             self.over_at = loop.time()
             loop.call_later(LINGER, self.transport.close)
