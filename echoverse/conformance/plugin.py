@@ -123,7 +123,11 @@ def settings_from_options(config: pytest.Config) -> Settings:
             raise pytest.UsageError(f"--server-ready: {error}") from None
         if not command.strip():
             raise pytest.UsageError("--server-cmd is empty")
-        if "{port}" not in command and port is None and not (pattern and "port" in pattern.groupindex):
+        if (
+            "{port}" not in command
+            and port is None
+            and not (pattern and "port" in pattern.groupindex)
+        ):
             raise pytest.UsageError(
                 "--server-cmd: put {port} in the command, give --server-port N, "
                 "or a --server-ready pattern with a (?P<port>...) group"

@@ -8,6 +8,7 @@ well. A failure to start is a :class:`ConformanceError` whose message is one lin
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import shlex
@@ -211,10 +212,8 @@ class ServerProcess:
         return status
 
     def _signal(self, sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def start_server(spec: ServerSpec, timeout: float) -> ServerProcess:
@@ -290,7 +289,9 @@ def _wait_until_listening(
             )
         if time.monotonic() >= deadline:
             if not seen_ready:
-                why = f"printed no line matching --ready {spec.ready.pattern if spec.ready else ''!r}"
+                why = (
+                    f"printed no line matching --ready {spec.ready.pattern if spec.ready else ''!r}"
+                )
             else:
                 why = f"did not accept connections on {spec.host}:{port}"
             raise ConformanceError(f"the server {why} within {timeout:g} s{lines.last_words()}")

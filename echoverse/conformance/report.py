@@ -8,6 +8,7 @@ record. ``tools/compare.py`` puts several runs side by side with :func:`render_m
 from __future__ import annotations
 
 import platform
+import re
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ PASS, FAIL, ERROR, SKIPPED = "pass", "FAIL", "ERROR", "skipped"
 
 # The suite's two files, as report sections.
 KINDS = {"server": "Server scenarios", "client": "Client scenarios"}
+
+# How pytest marks a message it cut to its first line in the JUnit attribute.
+TRUNCATION = re.compile(r" \[\+\d+ more lines?; full report in element text\]$")
 
 # A note in a table cell is cut to this length (the JUnit file has it whole).
 NOTE_LENGTH = 300
@@ -65,8 +69,9 @@ def read_junit(path: Path) -> list[Result]:
             result.properties[prop.get("name", "")] = prop.get("value", "")
         for child in case:
             message = child.get("message") or (child.text or "").strip()
-            # pytest appends its own rendering of the failed assert; the message is ours.
-            message = message.partition("\nassert ")[0]
+            # pytest appends its own rendering of the failed assert (or, in the
+            # attribute, a count of those lines); the message before it is ours.
+            message = TRUNCATION.sub("", message.partition("\nassert ")[0])
             if child.tag == "failure":
                 result.outcome, result.detail = FAIL, _one_line(message)
             elif child.tag == "error" and result.outcome != FAIL:
@@ -107,8 +112,8 @@ def verdict(cells: list[Result | None]) -> str:
 def render_matrix(columns: list[Column], notes: list[str]) -> list[str]:
     """Markdown tables, one per kind of scenario: scenario x column, failures footnoted.
 
-    A failure's reason goes into ``notes`` (numbered on from what is there); the cell
-    refers to it as ``[n]``.
+    A failure's reason, or a passing scenario's note, goes into ``notes`` (numbered on
+    from what is there, each text once); the cell refers to it as ``[n]``.
     """
     lines: list[str] = []
     for kind, title in KINDS.items():
@@ -138,17 +143,20 @@ def render_matrix(columns: list[Column], notes: list[str]) -> list[str]:
             "|---|" + "---|" * (len(shown) + many),
         ]
         for scenario in scenarios:
-            row_cells = [cells.get((column.name, scenario)) for column in shown]
+            row_cells = [cells.get((c.name, scenario)) for c in shown]
             texts = []
-            for column, cell in zip(shown, row_cells, strict=True):
+            for cell in row_cells:
                 if cell is None:
                     texts.append("not run")
                     continue
                 text = cell.outcome if cell.outcome in (PASS, SKIPPED) else f"**{cell.outcome}**"
                 note = cell.detail or cell.properties.get("note", "")
                 if note:
-                    notes.append(f"`{scenario}` on `{column.name}`: {note}")
-                    text += f" [{len(notes)}]"
+                    # The same note on several columns is written out once.
+                    entry = f"`{scenario}`: {note}"
+                    if entry not in notes:
+                        notes.append(entry)
+                    text += f" [{notes.index(entry) + 1}]"
                 texts.append(text)
             ending = f" | {verdict(row_cells)} |" if many else " |"
             lines.append(f"| `{scenario}` | " + " | ".join(texts) + ending)

@@ -35,7 +35,14 @@ from echoverse.conformance.processes import (
     parse_address,
     start_server,
 )
-from echoverse.conformance.report import FAIL, Column, Result, counts_text, read_junit, render_report
+from echoverse.conformance.report import (
+    FAIL,
+    Column,
+    Result,
+    counts_text,
+    read_junit,
+    render_report,
+)
 from echoverse.conformance.watch import ServerWatch
 from echoverse.errors import ConformanceError
 
@@ -105,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready",
         type=regex,
         metavar="REGEX",
-        help="also wait for CMD to print a line matching REGEX (a (?P<port>...) group names the port)",
+        help="also wait for a line of CMD's matching REGEX; a (?P<port>...) group names the port",
     )
     server.add_argument(
         "--clean-exit",
@@ -166,8 +173,15 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             )
     if args.client_cmd is not None and "{port}" not in args.client_cmd:
         parser.error("--client-cmd needs {port}, where the scripted servers listen")
-    if not args.list and args.server_cmd is None and args.server_addr is None and not args.client_cmd:
-        parser.error("nothing to test: give --server-cmd, --server-addr or --client-cmd (or --list)")
+    if (
+        not args.list
+        and args.server_cmd is None
+        and args.server_addr is None
+        and not args.client_cmd
+    ):
+        parser.error(
+            "nothing to test: give --server-cmd, --server-addr or --client-cmd (or --list)"
+        )
 
 
 def target_name(args: argparse.Namespace) -> str:
@@ -190,7 +204,9 @@ def isolated_pytest() -> Iterator[None]:
     Another plugin (a random order, a per-test timeout, an asyncio mode) would change
     what the scenarios do; only their own plugin is loaded, by name.
     """
-    saved = {name: os.environ.get(name) for name in ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTEST_ADDOPTS")}
+    saved = {
+        name: os.environ.get(name) for name in ("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTEST_ADDOPTS")
+    }
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     os.environ.pop("PYTEST_ADDOPTS", None)
     try:
@@ -317,7 +333,9 @@ def run(args: argparse.Namespace, server: ServerProcess | None, started: float) 
         if args.clean_exit and exit_status != 0:
             problems.append(f"the server {describe_status(exit_status)} on SIGTERM, not 0")
         if args.clean_exit and server.saw_traceback():
-            problems.append("the server wrote a Python traceback on stderr:\n" + server.stderr_tail())
+            problems.append(
+                "the server wrote a Python traceback on stderr:\n" + server.stderr_tail()
+            )
     seconds = time.monotonic() - started
     if status == PYTEST_NO_TESTS or (status == 0 and not results):
         cli.error_line(PROGRAM, f"no scenario matches -k {args.keyword!r}")
@@ -335,7 +353,11 @@ def run(args: argparse.Namespace, server: ServerProcess | None, started: float) 
 
 
 def summarize(
-    args: argparse.Namespace, results: list[Result], problems: list[str], seconds: float, status: int
+    args: argparse.Namespace,
+    results: list[Result],
+    problems: list[str],
+    seconds: float,
+    status: int,
 ) -> int:
     failed = [result for result in results if result.outcome not in ("pass", "skipped")]
     if not args.verbose:

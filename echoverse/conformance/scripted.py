@@ -12,6 +12,7 @@ whether it closed. ``docs/protocol.md`` says what a client must do in each case.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -215,7 +216,9 @@ class ClientRun:
     handlers: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-async def _serve(run: ClientRun, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _serve(
+    run: ClientRun, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     run.connections += 1
     run.writers.append(writer)
     task = asyncio.current_task()
@@ -331,10 +334,8 @@ async def run_client(script: Script, command: str, timeout: float) -> ClientRun:
         except TimeoutError:
             run.timed_out = True
             run.progress_at_timeout = run.progress
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             run.stdout, run.stderr = await process.communicate()
         run.status = process.returncode
     finally:

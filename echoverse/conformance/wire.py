@@ -153,8 +153,7 @@ def check_reply(sent: bytes, received: bytes, *, closes: bool = False) -> list[i
     message = sent[:answered]
     if closes and not (message.endswith(CLOSE_CHUNK) and received.endswith(b"overrevo")):
         raise AssertionError(
-            f"the reply to {len(sent)} bytes does not end with over's reply: "
-            f"{received[-48:]!r}"
+            f"the reply to {len(sent)} bytes does not end with over's reply: {received[-48:]!r}"
         )
     sizes = _greedy_cut(message, received, ends_with_close=closes)
     if sizes is None and len(message) <= SEARCH_LIMIT:

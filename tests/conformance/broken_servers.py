@@ -97,9 +97,10 @@ class Broken(asyncio.Protocol):
         chunks = cut(data, size)
         # One write per batch, built in bulk, as a fast server does: it reads megabytes
         # before a slow client has read one. ``over`` can only end a batch.
-        if self.defect in ("no-reversal", "chunks-of-21"):
-            second = (lambda c: c) if self.defect == "no-reversal" else (lambda c: c[::-1])
-            self.send(b"".join(chunk + second(chunk) for chunk in chunks))
+        if self.defect == "no-reversal":
+            self.send(b"".join(chunk + chunk for chunk in chunks))
+        elif self.defect == "chunks-of-21":
+            self.send(b"".join(chunk + chunk[::-1] for chunk in chunks))
         else:
             self.send(batch_reply(data))
         last = chunks[-1]

@@ -295,7 +295,8 @@ def by_id(runs: list[Run]) -> list[object]:
 def test_target_passes(outcomes: dict[str, Future[Outcome]], run: Run) -> None:
     outcome = outcome_of(outcomes, run)
     assert outcome.status == 0, outcome.explain()
-    assert outcome.results and not outcome.failed(), outcome.explain()
+    assert outcome.results, outcome.explain()
+    assert not outcome.failed(), outcome.explain()
     assert "PASS" in outcome.stdout.splitlines()[-1]
 
 
@@ -310,7 +311,8 @@ def test_correct_server_with_odd_timing_passes(
     outcome = outcome_of(outcomes, run)
     assert outcome.status == 0, outcome.explain()
     server_scenarios = [r for r in outcome.results if r.kind == "server"]
-    assert len(server_scenarios) > 30 and all(r.outcome == "pass" for r in server_scenarios)
+    assert len(server_scenarios) > 30
+    assert all(r.outcome == "pass" for r in server_scenarios)
     # The report says so, scenario by scenario.
     assert f"{len(server_scenarios)} passed in " in outcome.markdown
     assert "| `half_close_beyond_kernel_buffers` | pass" in outcome.markdown
@@ -340,9 +342,7 @@ def test_seed_server_passes(outcomes: dict[str, Future[Outcome]], run: Run) -> N
 
 
 @pytest.mark.parametrize("run", by_id([SEED_CLIENT_RUN]))
-def test_seed_client_fails_as_documented(
-    outcomes: dict[str, Future[Outcome]], run: Run
-) -> None:
+def test_seed_client_fails_as_documented(outcomes: dict[str, Future[Outcome]], run: Run) -> None:
     outcome = outcome_of(outcomes, run)
     assert outcome.status == 1, outcome.explain()
     failed = outcome.failed()
@@ -390,8 +390,7 @@ def test_server_that_dies_is_one_line(outcomes: dict[str, Future[Outcome]], run:
     assert outcome.status == 1, outcome.explain()
     # It exits at the first scenario's ``over``; the runner notices by the next one.
     assert only_line(outcome.stderr).startswith(
-        "echoverse-conformance: the server exited with status 9 during scenario "
-        "message_of_size["
+        "echoverse-conformance: the server exited with status 9 during scenario message_of_size["
     )
     assert len(outcome.results) <= 2, "the run stops with the server"
 
@@ -411,7 +410,9 @@ def test_list_names_every_scenario(outcomes: dict[str, Future[Outcome]], run: Ru
     assert "server  half_close_beyond_kernel_buffers" in listed
     assert "server  bytes_after_over_get_no_answer" in listed
     assert "client  replies[byte_by_byte]" in listed
-    assert listed.index("server  message_of_size[1B]") < listed.index("client  replies[one_segment]")
+    assert listed.index("server  message_of_size[1B]") < listed.index(
+        "client  replies[one_segment]"
+    )
 
 
 @pytest.mark.parametrize("run", by_id([RUNNER_RUNS["no-match"]]))

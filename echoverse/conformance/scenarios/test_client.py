@@ -19,7 +19,13 @@ from __future__ import annotations
 import pytest
 
 from echoverse.conformance.plugin import ClientUnderTest
-from echoverse.conformance.scripted import SCRIPTS, ClientRun, Script, expected_transcript, run_client
+from echoverse.conformance.scripted import (
+    SCRIPTS,
+    ClientRun,
+    Script,
+    expected_transcript,
+    run_client,
+)
 from echoverse.conformance.wire import run_async
 
 GOOD = [s for s in SCRIPTS if s.fault is None and not s.no_server]
@@ -59,7 +65,12 @@ def findings(run: ClientRun, *, fault: bool) -> list[str]:
     if run.stdout != expected:
         found.append("its output is not the transcript: " + first_difference(expected, run.stdout))
     found += [f"the server saw: {problem}" for problem in run.problems]
-    if not fault and not run.timed_out and not run.problems and len(run.replies) < len(run.messages):
+    if (
+        not fault
+        and not run.timed_out
+        and not run.problems
+        and len(run.replies) < len(run.messages)
+    ):
         found.append(f"it stopped after {len(run.replies)} of {len(run.messages)} messages")
     if not run.timed_out:
         if fault and run.status == 0:
