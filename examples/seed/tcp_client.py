@@ -32,7 +32,7 @@ async def Trans(port=8888):
     try:
         while True:
             print(TCPClient)
-            DATA = input("Enter your input: ")
+            DATA = input("Enter your input: ")  # noqa: ASYNC250  (the seed blocks its loop here)
             await stream.write(DATA.encode())
             back = await stream.read_bytes(20, partial=True)
             msg = await stream.read_bytes(20, partial=True)

@@ -20,6 +20,7 @@ What Python 3 and Tornado 6 changed, and nothing else:
 """
 
 import asyncio
+import contextlib
 
 from tornado import iostream
 from tornado.tcpserver import TCPServer
@@ -45,10 +46,8 @@ async def serve(port=8888, address=""):
 
 
 def main(port=8888, address=""):
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(port, address))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
