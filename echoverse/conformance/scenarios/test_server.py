@@ -44,6 +44,8 @@ ONE_MIB = MIB
 # the server itself when the end of stream (or ``over``) arrives.
 BEYOND_BUFFERS = 8 * MIB
 
+OVER_REPLY = CLOSE_CHUNK + CLOSE_CHUNK[::-1]
+
 RecordProperty = Callable[[str, object], None]
 
 
@@ -57,11 +59,16 @@ async def connected(server: ServerUnderTest) -> AsyncIterator[Peer]:
         await peer.close()
 
 
+async def receive_over_reply(peer: Peer) -> None:
+    reply = await peer.receive(len(OVER_REPLY))
+    assert reply == OVER_REPLY, f"over's reply was {reply!r}, not {OVER_REPLY!r}"
+
+
 async def assert_still_open(peer: Peer) -> None:
     """The connection still answers; then ``over`` closes it, seen as end of stream."""
     await peer.exchange(b"still open?")
     await peer.send(CLOSE_CHUNK)
-    assert await peer.receive(8) == b"overrevo"
+    await receive_over_reply(peer)
     await peer.assert_eof()
 
 
@@ -156,7 +163,7 @@ async def test_utf8_split_across_chunk_border(server_under_test: ServerUnderTest
 async def test_over_closes(server_under_test: ServerUnderTest) -> None:
     async with connected(server_under_test) as peer:
         await peer.send(b"over")
-        assert await peer.receive(8) == b"overrevo"
+        await receive_over_reply(peer)
         await peer.assert_eof()
 
 
@@ -166,7 +173,7 @@ async def test_over_after_other_messages_closes(server_under_test: ServerUnderTe
         for message in (b"hello", sample(45, seed=45), b"over!"):
             await peer.exchange(message)
         await peer.send(b"over")
-        assert await peer.receive(8) == b"overrevo"
+        await receive_over_reply(peer)
         await peer.assert_eof()
 
 
@@ -217,7 +224,7 @@ async def test_bytes_after_over_get_no_answer(server_under_test: ServerUnderTest
     async with connected(server_under_test) as peer:
         await peer.exchange(b"hello")
         await peer.send(CLOSE_CHUNK)
-        assert await peer.receive(8) == b"overrevo"
+        await receive_over_reply(peer)
         late = b"anyone still there?"
         peer.write(late)
         try:
@@ -458,7 +465,8 @@ async def test_server_close_is_stream_closed_for_tornado_client(
         stream = await TCPClient().connect(*server_under_test.address)
         try:
             await stream.write(b"over")
-            assert await stream.read_bytes(8) == b"overrevo"
+            reply = await stream.read_bytes(8)
+            assert reply == OVER_REPLY, f"over's reply was {reply!r}, not {OVER_REPLY!r}"
             with pytest.raises(StreamClosedError) as closed:
                 await stream.read_bytes(1, partial=True)
             assert closed.value.real_error is None, "a clean end of stream, not a reset"
