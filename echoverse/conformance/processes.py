@@ -188,9 +188,6 @@ class ServerProcess:
     def last_words(self) -> str:
         return self._lines.last_words()
 
-    def stderr_tail(self) -> str:
-        return "\n".join(self._lines.stderr_tail)
-
     def saw_traceback(self) -> bool:
         """Whether it ever wrote a Python traceback on stderr."""
         return self._lines.traceback

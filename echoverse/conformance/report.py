@@ -31,7 +31,7 @@ PASS, FAIL, ERROR, SKIPPED = "pass", "FAIL", "ERROR", "skipped"
 KINDS = {"server": "Server scenarios", "client": "Client scenarios"}
 
 # How pytest marks a message it cut to its first line in the JUnit attribute.
-TRUNCATION = re.compile(r" \[\+\d+ more lines?; full report in element text\]$")
+TRUNCATION = re.compile(r"\s*\[\+\d+ more lines?; full report in element text\]$")
 
 # A note in a table cell is cut to this length (the JUnit file has it whole).
 NOTE_LENGTH = 300

@@ -333,9 +333,7 @@ def run(args: argparse.Namespace, server: ServerProcess | None, started: float) 
         if args.clean_exit and exit_status != 0:
             problems.append(f"the server {describe_status(exit_status)} on SIGTERM, not 0")
         if args.clean_exit and server.saw_traceback():
-            problems.append(
-                "the server wrote a Python traceback on stderr:\n" + server.stderr_tail()
-            )
+            problems.append(f"the server wrote a Python traceback on stderr{server.last_words()}")
     seconds = time.monotonic() - started
     if status == PYTEST_NO_TESTS or (status == 0 and not results):
         cli.error_line(PROGRAM, f"no scenario matches -k {args.keyword!r}")
