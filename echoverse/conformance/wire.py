@@ -423,11 +423,15 @@ class Peer:
 # default grows to megabytes).
 SLOW_RECEIVE_BUFFER = 64 * 1024
 # What it takes per read, and how long it rests between reads: at most 128 KiB per
-# millisecond, and much less in practice (a read returns what the small window let
-# through), so a server that answers faster keeps replies queued; 16 MiB of reply still
-# take only a second or two.
+# millisecond, and less in practice (a read returns what the small window let through),
+# so a server that answers faster keeps replies queued; 16 MiB of reply still take only
+# a second or two.
 SLOW_READ_SIZE = 128 * 1024
 SLOW_READ_PAUSE = 0.001
+# Slower still (at most 32 KiB a millisecond) until the reply reaches the mark a scenario
+# sets (``slow_until``): the stretch in which the server must be the faster side, even on
+# a busy machine, for replies to pile up in it.
+SLOWER_READ_SIZE = 32 * 1024
 # The reader starts once the writer is done, or has sent nothing for this long: a
 # server that stops reading while its replies wait (as Tornado's does) has then filled
 # every buffer and waits for the client to read. A pace, not a synchronisation.
@@ -449,6 +453,8 @@ class SlowPeer:
         self.sock = sock
         self.timeout = timeout
         self.received = bytearray()
+        # Reads are SLOWER_READ_SIZE until this many reply bytes have arrived.
+        self.slow_until = 0
         self.eof = asyncio.Event()
         self.reset = False
         self._start_reading = asyncio.Event()
@@ -456,7 +462,9 @@ class SlowPeer:
         self._reading = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, address: tuple[str, int], timeout: float) -> SlowPeer:
+    async def connect(
+        cls, address: tuple[str, int], timeout: float, *, slow_until: int = 0
+    ) -> SlowPeer:
         sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RECEIVE_BUFFER)
         sock.setblocking(False)
@@ -466,14 +474,17 @@ class SlowPeer:
         except (OSError, TimeoutError) as error:
             sock.close()
             raise AssertionError(f"cannot connect to {address}: {error!r}") from None
-        return cls(sock, timeout)
+        peer = cls(sock, timeout)
+        peer.slow_until = slow_until
+        return peer
 
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
         await self._start_reading.wait()
         try:
             while True:
-                data = await loop.sock_recv(self.sock, SLOW_READ_SIZE)
+                size = SLOWER_READ_SIZE if len(self.received) < self.slow_until else SLOW_READ_SIZE
+                data = await loop.sock_recv(self.sock, size)
                 if not data:
                     break
                 self.received += data

@@ -372,9 +372,9 @@ async def test_half_close_gets_every_reply(server_under_test: ServerUnderTest, s
         check_reply(message, reply)
 
 
-async def send_slowly_read(server: ServerUnderTest, message: bytes) -> SlowPeer:
-    """Connect a SlowPeer and send ``message`` while it reads at its own pace."""
-    peer = await SlowPeer.connect(server.address, server.timeout)
+async def send_slowly_read(server: ServerUnderTest, message: bytes, slow_until: int) -> SlowPeer:
+    """Connect a SlowPeer and send ``message``; it reads late, and slower until ``slow_until``."""
+    peer = await SlowPeer.connect(server.address, server.timeout, slow_until=slow_until)
     try:
         await peer.send_all(message)
     except BaseException:
@@ -400,7 +400,9 @@ async def test_half_close_beyond_kernel_buffers(
     # the end of stream: the server still has megabytes of replies queued in its own
     # memory when it sees the end, and must send every one of them before it closes.
     message = sample(BEYOND_BUFFERS, seed=8)
-    peer = await send_slowly_read(server_under_test, message)
+    # Slower over the first half of the reply: a server that reads as fast as bytes come
+    # sees the end of stream in that stretch.
+    peer = await send_slowly_read(server_under_test, message, slow_until=len(message))
     try:
         peer.shutdown_write()
         await peer.wait_eof()
@@ -426,7 +428,9 @@ async def test_over_ends_input_beyond_kernel_buffers(
     # every queued reply, ``overrevo`` last, and only then close.
     message = sample(BEYOND_BUFFERS, seed=9)
     sent = message + CLOSE_CHUNK
-    peer = await send_slowly_read(server_under_test, message)
+    peer = await send_slowly_read(
+        server_under_test, message, slow_until=2 * len(message) - OVER_OWED
+    )
     try:
         await peer.wait_received(2 * len(message) - OVER_OWED)
         await peer.send_all(CLOSE_CHUNK)
