@@ -291,7 +291,8 @@ def batch_sizes(sizes: list[int]) -> list[int]:
     """The batches a reply shows: runs of full chunks, each ended by a shorter one.
 
     A batch whose size is a multiple of 20 cannot be told from the next one, so these are
-    upper bounds; a run longer than Tornado's 64 KiB read is still proof of a bigger batch.
+    upper bounds: even a run longer than Tornado's 64 KiB read may be a batch of 30,720
+    bytes followed by one of 65,536.
     """
     batches, run = [], 0
     for size in sizes:

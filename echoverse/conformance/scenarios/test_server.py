@@ -73,11 +73,11 @@ async def assert_still_open(peer: Peer) -> None:
 
 
 def record_batches(sizes: list[int], record_property: RecordProperty) -> None:
-    """Record the largest batch the server answered (for reports; never asserted).
+    """Record the longest run of full chunks up to a shorter one (for reports only).
 
-    How much is waiting when the server reads is timing. Tornado takes at most 64 KiB at
-    a time, so a bigger batch shows a server that cuts the same bytes into other chunks
-    than Tornado would: still valid, other bytes on the wire.
+    It bounds the largest batch the server answered from above: a batch whose size is a
+    multiple of 20 cannot be told from the next one. How much is waiting when a server
+    reads is timing, so nothing is asserted.
     """
     record_property("largest_batch", max(batch_sizes(sizes)))
 
