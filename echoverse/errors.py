@@ -8,7 +8,9 @@
     ├── ProtocolError            the peer's bytes are not a valid double reply
     ├── ClientError              the client cannot go on (one line for the user)
     ├── LoopUnavailableError     an event loop that is not installed was asked for
-    └── BenchError               the benchmark cannot run or a reply check failed
+    ├── BenchError               the benchmark cannot run or a reply check failed
+    └── ConformanceError         the conformance runner cannot go on (a server that
+                                 will not start or died): one line for the user
 
 Library errors from the standard library (``ConnectionResetError``,
 ``BrokenPipeError``, ``asyncio.IncompleteReadError``) reach callers as
@@ -21,6 +23,7 @@ from __future__ import annotations
 __all__ = [
     "BenchError",
     "ClientError",
+    "ConformanceError",
     "EchoverseError",
     "LoopUnavailableError",
     "ProtocolError",
@@ -86,3 +89,11 @@ class LoopUnavailableError(EchoverseError, RuntimeError):
 class BenchError(EchoverseError):
     """The benchmark cannot run (no compiler, a server that will not start) or a reply
     check failed."""
+
+
+class ConformanceError(EchoverseError):
+    """The conformance runner cannot go on: a server that will not start, or died.
+
+    The message is one line for the user; the scenarios' own verdicts are test results,
+    never this.
+    """

@@ -1,0 +1,15 @@
+"""The echo20 conformance suite, installable: black-box scenarios over raw TCP, a runner.
+
+``pip install 'echoverse[conformance]'`` installs it; then::
+
+    echoverse-conformance --server-cmd "python tcp_server.py" --port 8888
+    echoverse-conformance --server-cmd "./my_server --port {port}"
+    echoverse-conformance --server-addr 127.0.0.1:8888
+    echoverse-conformance --client-cmd "./my_client --port {port}"
+
+(or ``python -m echoverse.conformance``). The scenarios speak raw TCP and import nothing
+of the rest of echoverse: they judge any implementation, this project's own included,
+by the rules written down in ``docs/protocol.md``. ``runner`` is the command line,
+``plugin`` the pytest plugin behind it, ``scenarios`` the tests, ``wire`` the reply
+checker and raw clients, ``scripted`` the servers that judge a client.
+"""
