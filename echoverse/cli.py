@@ -9,6 +9,7 @@ other in a command line.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import logging
 import os
@@ -159,6 +160,28 @@ def listen_error_line(program: str, where: str, error: OSError) -> None:
 def error_line(program: str, message: str) -> None:
     """One line on stderr, ``program: message``: the only output of a failure."""
     print(f"{program}: {message}", file=sys.stderr, flush=True)
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # in sys.modules as None: imports of it fail
+        return False
+
+
+def missing_extra(program: str, extra: str, modules: Iterable[str]) -> bool:
+    """True, after one line on stderr, when a module that ``extra`` installs is missing.
+
+    For commands whose packages are an optional extra: without it the user gets
+    ``pip install 'echoverse[extra]'``, not an ImportError's traceback.
+    """
+    missing = [name for name in modules if not _importable(name)]
+    if missing:
+        error_line(
+            program,
+            f"needs {', '.join(missing)}: pip install 'echoverse[{extra}]'",
+        )
+    return bool(missing)
 
 
 # --- the clients' messages ------------------------------------------------------------

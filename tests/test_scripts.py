@@ -916,3 +916,26 @@ def test_a_pipe_of_100000_lines_streams_through(plain_server: ServerProcess) -> 
     assert small_lines == 2 * 1_000
     assert many_lines == 2 * 100_000
     assert many_peak - small_peak < 6 * 1024, (small_peak, many_peak)
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "extra"),
+    [
+        ("from echoverse.bench.cli import main; sys.exit(main(['run']))", "rich", "bench"),
+        (
+            "from echoverse.conformance import main; sys.exit(main(['--list']))",
+            "pytest",
+            "conformance",
+        ),
+    ],
+    ids=["bench", "conformance"],
+)
+def test_command_without_its_extra_is_one_line(command: str, module: str, extra: str) -> None:
+    """An installed command whose optional packages are missing says which extra to install."""
+    code = f"import sys; sys.modules[{module!r}] = None; {command}"
+    result = subprocess.run(
+        [PYTHON, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+    assert result.returncode == 1
+    line = assert_one_line_error(result.stderr, f"echoverse-{extra}", module)
+    assert f"pip install 'echoverse[{extra}]'" in line

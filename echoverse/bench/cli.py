@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if args.command == "serve-floor":
         return command_serve_floor(args, parser)
+    if cli.missing_extra(PROGRAM, "bench", ["rich", "hdrhistogram"]):
+        return 1
     handlers = {
         "run": command_run,
         "compare": command_compare,

@@ -13,3 +13,18 @@ by the rules written down in ``docs/protocol.md``. ``runner`` is the command lin
 ``plugin`` the pytest plugin behind it, ``scenarios`` the tests, ``wire`` the reply
 checker and raw clients, ``scripted`` the servers that judge a client.
 """
+
+import sys
+
+from echoverse import cli
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``echoverse-conformance``: the runner, or one line if pytest is not installed."""
+    if cli.missing_extra("echoverse-conformance", "conformance", ["pytest"]):
+        return 1
+    from echoverse.conformance import runner
+
+    return runner.main(sys.argv[1:] if argv is None else argv)

@@ -2,6 +2,6 @@
 
 import sys
 
-from echoverse.conformance.runner import main
+from echoverse.conformance import main
 
 sys.exit(main())
