@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if args.command == "serve-floor":
         return command_serve_floor(args, parser)
-    if cli.missing_extra(PROGRAM, "bench", ["rich", "hdrhistogram"]):
+    if cli.missing_extra(PROGRAM, "bench", ["rich", "hdrh"]):  # hdrh: hdrhistogram's module
         return 1
     handlers = {
         "run": command_run,

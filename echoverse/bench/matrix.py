@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from echoverse import runtime
 from echoverse.bench import budgets as budget_checks
@@ -86,15 +86,32 @@ def asked_rate(rate: str, closed: Run | None) -> float | None:
     return float(rate[:-1]) / 100 * closed.rt_per_s
 
 
-def command_run(args: argparse.Namespace) -> int:
-    """The matrix: every target at every (connections, size), ``repeats`` times."""
+class Setup(NamedTuple):
+    """What every measuring command prepares before its first server starts."""
+
+    out_dir: Path
+    tools: Tools
+    pinning: Pinning
+    targets: list[Target]
+    skipped: list[str]
+    env: dict[str, Any]
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    """The output folder, the compiled C programs, the CPUs, the targets (and those that
+    cannot run, with why) and the environment, from a command's arguments."""
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     runtime.raise_open_file_limit()
     tools = build_tools(out_dir / "build")
     pinning = choose_cpus(args.pin)
     targets, skipped = expand_targets(args.targets, args.loops)
-    env = environment(args.loops, pinning.note)
+    return Setup(out_dir, tools, pinning, targets, skipped, environment(args.loops, pinning.note))
+
+
+def command_run(args: argparse.Namespace) -> int:
+    """The matrix: every target at every (connections, size), ``repeats`` times."""
+    out_dir, tools, pinning, targets, skipped, env = prepare(args)
     rates: list[str] = args.rates or ([args.rate] if args.rate else [])
     closed_too = not rates or any(rate.endswith("%") for rate in rates)
     points, left_out = matrix_points(args.connections, args.sizes, args.max_inflight)

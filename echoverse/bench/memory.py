@@ -19,16 +19,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from echoverse import runtime
 from echoverse.bench import report
-from echoverse.bench.environment import describe, environment, load_average
-from echoverse.bench.matrix import matrix_points, progress_bar
+from echoverse.bench.environment import describe, load_average
+from echoverse.bench.matrix import matrix_points, prepare, progress_bar
 from echoverse.bench.measure import LOADGEN_GRACE, Load, Run, measure
-from echoverse.bench.processes import Pinning, choose_cpus, prime, read_line, read_status_kib
+from echoverse.bench.processes import Pinning, prime, read_line, read_status_kib
 from echoverse.bench.processes import start_target as launch
 from echoverse.bench.stats import Cell
-from echoverse.bench.targets import Target, expand_targets
-from echoverse.bench.tools import Tools, build_tools
+from echoverse.bench.targets import Target
+from echoverse.bench.tools import Tools
 from echoverse.bench.units import fmt, fmt_ratio, format_size
 from echoverse.errors import BenchError
 
@@ -43,13 +42,7 @@ COLD_HEADERS = ("target", "conns", "size", "cold CPU µs/rt", "warm CPU µs/rt",
 
 def command_idle(args: argparse.Namespace) -> int:
     """RSS per idle connection: N connections that each exchanged one message, then wait."""
-    out_dir: Path = args.out
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runtime.raise_open_file_limit()
-    tools = build_tools(out_dir / "build")
-    pinning = choose_cpus(args.pin)
-    targets, skipped = expand_targets(args.targets, args.loops)
-    env = environment(args.loops, pinning.note)
+    out_dir, tools, pinning, targets, skipped, env = prepare(args)
     results: list[dict[str, Any]] = []
     with progress_bar(len(targets)) as status:
         for target in targets:
@@ -175,13 +168,7 @@ def command_cold_start(args: argparse.Namespace) -> int:
     connection has ever closed), then measure the same cell again (its first load's
     connections have closed by then). The ratio is cold over warm.
     """
-    out_dir: Path = args.out
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runtime.raise_open_file_limit()
-    tools = build_tools(out_dir / "build")
-    pinning = choose_cpus(args.pin)
-    targets, skipped = expand_targets(args.targets, args.loops)
-    env = environment(args.loops, pinning.note)
+    out_dir, tools, pinning, targets, skipped, env = prepare(args)
     points, _ = matrix_points(args.connections, args.sizes, args.max_inflight)
     cold = {(t, p): Cell(t, *p) for t in targets for p in points}
     warm = {(t, p): Cell(t, *p) for t in targets for p in points}
