@@ -530,30 +530,33 @@ class SlowPeer:
 
     async def wait_received(self, size: int) -> None:
         """Until ``size`` reply bytes arrived (or the end); bounded per step, not in total."""
-        while len(self.received) < size and not self.eof.is_set():
-            self._progress.clear()
-            before = len(self.received)
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await self._progress.wait()
-            except TimeoutError:
-                raise AssertionError(
-                    f"the reply stalled at {before:,} of {size:,} bytes for {self.timeout:g} s"
-                ) from None
+        await self._wait_for(
+            lambda: len(self.received) >= size or self.eof.is_set(),
+            lambda before: (
+                f"the reply stalled at {before:,} of {size:,} bytes for {self.timeout:g} s"
+            ),
+        )
 
     async def wait_eof(self) -> None:
         """Until the server's end of stream (or reset), with progress bounded as above."""
-        while not self.eof.is_set():
+        await self._wait_for(
+            self.eof.is_set,
+            lambda before: (
+                f"no end of stream: the reply stopped at {before:,} bytes for {self.timeout:g} s"
+            ),
+        )
+
+    async def _wait_for(self, done: Callable[[], bool], stalled: Callable[[int], str]) -> None:
+        # Each wait for progress is bounded, not the whole: a large reply may take long,
+        # but never self.timeout without a byte.
+        while not done():
             self._progress.clear()
             before = len(self.received)
             try:
                 async with asyncio.timeout(self.timeout):
                     await self._progress.wait()
             except TimeoutError:
-                raise AssertionError(
-                    f"no end of stream: the reply stopped at {before:,} bytes for "
-                    f"{self.timeout:g} s"
-                ) from None
+                raise AssertionError(stalled(before)) from None
 
     def shutdown_write(self) -> None:
         self.sock.shutdown(socket.SHUT_WR)
