@@ -371,6 +371,13 @@ class EchoSession:
             if batch == CLOSE_CHUNK:
                 self.closing = True
             return build_reply(batch) if ACCELERATED else batch + batch[::-1]
+        if size <= MAX_BATCH_SIZE and not self._text:
+            # A batch of several chunks: batch_closes and _answer_batch written out, two
+            # Python calls fewer per batch on the fast path (callgrind: ~1k instructions).
+            if size % CHUNK_SIZE == len(CLOSE_CHUNK) and batch.endswith(CLOSE_CHUNK):
+                self.closing = True
+            self.bytes_sent += 2 * size
+            return build_reply(batch)
         if size <= MAX_BATCH_SIZE:
             return self._answer_batch(batch)
         return b"".join(self._answer_batches(batch))
