@@ -25,6 +25,7 @@ import logging
 import socket
 import ssl
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from echoverse import cli, runtime, supervisor
@@ -106,14 +107,13 @@ class StreamsEchoServer(EchoServer):
         # handler task cancelled at shutdown as a traceback ("Exception in callback"),
         # so the handler runs as the server's own task (TCPServer.run_handler).
         connection = StreamConnection(reader, CoalescingWriter(writer), EchoSession(text=self.text))
+        # Past --max-connections track_connection closes it: then no handler runs.
         if self.track_connection(connection):
             self.run_handler(
                 connection,
                 connection.serve(self.handle_connection),
                 writer.get_extra_info("peername"),
             )
-        else:
-            connection.session.stop()
 
 
 class _HalfCloseStreamProtocol(asyncio.StreamReaderProtocol):
@@ -129,6 +129,11 @@ class _HalfCloseStreamProtocol(asyncio.StreamReaderProtocol):
         return True
 
 
+StreamHandler = Callable[
+    [asyncio.StreamReader, CoalescingWriter, EchoSession], Coroutine[Any, Any, None]
+]
+
+
 class StreamConnection:
     """One connection of the streams server, as TCPServer counts and shuts it down."""
 
@@ -142,7 +147,7 @@ class StreamConnection:
         self.session = session
         self._lingering = False
 
-    async def serve(self, handler: Any) -> None:
+    async def serve(self, handler: StreamHandler) -> None:
         """Run ``handler(reader, writer, session)``; after a shutdown's lingering close,
         read and discard the client's input until its end of stream."""
         await handler(self.reader, self.writer, self.session)

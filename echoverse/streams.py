@@ -246,6 +246,8 @@ class CoalescingWriter:
             raise stream_closed_error(error) from error
 
     def _lost_error(self) -> BaseException | None:
+        # What closed the stream, for real_error: the reader holds it, and asyncio's
+        # StreamWriter keeps its reader only privately (its drain() reads it the same way).
         reader: asyncio.StreamReader | None = getattr(self.writer, "_reader", None)
         return reader.exception() if reader is not None else None
 
