@@ -166,7 +166,10 @@ def render(runs: list[TargetRun]) -> str:
         "shorter one in the 1 MiB and 8 MiB replies, which bounds the largest batch a server",
         "answered from above (a batch whose size is a multiple of 20 joins the next one in",
         "the reply, so 96,256 B may be 30,720 + 65,536). Tornado reads 64 KiB at a time.",
-        "Both are recorded, never asserted.",
+        "`streams` reads 20 bytes at a time from asyncio's StreamReader, which joins",
+        "receives in one buffer: while that buffer never runs dry its chunks stay 20 bytes",
+        "across receives, where Tornado would cut a short one at each 64 KiB read. The same",
+        "bytes, validly cut, but not the same cut. Both are recorded, never asserted.",
     ]
     if clients:
         lines += ["", "## Clients", "", "| target | command | what | result |", "|---|---|---|---|"]
