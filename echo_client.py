@@ -117,7 +117,7 @@ async def close_connection(writer: asyncio.StreamWriter, timeout: float | None) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog=PROGRAM,
         description=(
             "Send messages to an echo20 server and show each double reply as two lines:\n"

@@ -203,7 +203,7 @@ DEFAULT_BACKLOG = 128
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog=PROGRAM,
         description="Echo every chunk of up to 20 bytes, then the chunk reversed; 'over' closes.",
         formatter_class=cli.HelpFormatter,

@@ -16,11 +16,13 @@ import os
 import socket
 import sys
 from collections.abc import Iterable, Iterator
+from typing import NoReturn
 
 from echoverse import loops
 from echoverse.netutil import format_address
 
 __all__ = [
+    "ArgumentParser",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "add_connection_arguments",
@@ -36,6 +38,18 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8888
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with a bad command line reported in one line.
+
+    argparse prints its whole usage block before the error, ten lines for the server,
+    which buries the one that matters; every other failure of these commands is one
+    line on stderr, so this one is too. ``--help`` still shows the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

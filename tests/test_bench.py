@@ -277,7 +277,10 @@ def test_budgets_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["run", "--budget", "protocol-uvloop<=1.3"])
     assert exit_info.value.code == 2
-    assert "not a budget" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("echoverse-bench run: error:")
+    assert "not a budget" in err
 
 
 def test_a_missing_compiler_is_one_line(tmp_path: Path) -> None:

@@ -144,7 +144,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog=PROGRAM,
         description=(
             "Benchmark every echoverse server on every event loop against a C epoll "

@@ -79,7 +79,7 @@ def address(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog=PROGRAM,
         description=(
             "Run the echo20 conformance scenarios against a server, a client, or both.\n"

@@ -70,7 +70,7 @@ async def exchange(stream: IOStream, message: bytes, timeout: float | None) -> R
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog=PROGRAM,
         description=(
             "The seed's Tornado client: send messages to an echo20 server and show each\n"

@@ -104,7 +104,7 @@ class MyTcpServer(TCPServer):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog=PROGRAM,
         description=(
             "The seed's Tornado server: echo every chunk of up to 20 bytes, then the chunk\n"

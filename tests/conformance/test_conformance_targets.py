@@ -441,7 +441,9 @@ def test_bad_flags_exit_2(arguments: list[str], says: str) -> None:
         [*RUNNER, *arguments], capture_output=True, text=True, timeout=TIMEOUT, check=False
     )
     assert done.returncode == 2, done.stderr
-    assert says in done.stderr.splitlines()[-1]
+    [line] = done.stderr.splitlines()
+    assert line.startswith("echoverse-conformance: error:")
+    assert says in line
 
 
 def test_server_addr_and_markdown(tmp_path: Path) -> None:
