@@ -22,9 +22,9 @@ from echoverse import loops
 from echoverse.netutil import format_address
 
 __all__ = [
-    "ArgumentParser",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "ArgumentParser",
     "add_connection_arguments",
     "add_logging_arguments",
     "configure_logging",
