@@ -12,14 +12,17 @@ Every loop but asyncio is an optional extra (``pip install 'echoverse[veloxloop]
 Where a loop lacks something the servers need, the factory here fills the gap, so no
 server code tests which loop it runs on for that:
 
+* rloop 0.5 hands ``connection_lost()`` an ``OSError`` as a ``RuntimeError``
+  (``"Broken pipe (os error 32)"``): its protocols get the ``OSError`` back.
 * veloxloop 0.2 has no ``add_signal_handler``, calls ``data_received`` on every
   protocol, ``BufferedProtocol`` included, lacks ``can_write_eof`` and more on its
-  transports, writes only ``bytes``, leaves Nagle's algorithm on, has no Unix sockets,
-  and resolves names in threads that keep waking once started. Its loops get what is
-  missing: signals through ``signal.set_wakeup_fd`` (as asyncio's own loop does),
-  buffered protocols fed by asyncio's own adapter (one copy per receive), a fuller
-  transport with TCP_NODELAY, numeric addresses resolved without a thread, and Unix
-  sockets refused with an ``OSError``.
+  transports, writes only ``bytes``, raises from ``write()`` to a reset peer, leaves
+  Nagle's algorithm on, has no Unix sockets, and resolves names in threads that keep
+  waking once started. Its loops get what is missing: signals through
+  ``signal.set_wakeup_fd`` (as asyncio's own loop does), buffered protocols fed by
+  asyncio's own adapter (one copy per receive), a fuller transport with TCP_NODELAY
+  whose failed sends reach ``connection_lost()``, numeric addresses resolved without
+  a thread, and Unix sockets refused with an ``OSError``.
 * aiofastnet is not a loop but a faster transport layer for another loop's sockets:
   ``aiofastnet-asyncio`` and ``aiofastnet-uvloop`` are those loops with aiofastnet's
   ``create_server``/``create_connection`` (``aiofastnet.loop_factory(base)``).
@@ -34,7 +37,9 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 import platform
+import re
 import signal
 import socket
 from collections.abc import Callable
@@ -50,6 +55,7 @@ __all__ = [
     "LoopInfo",
     "LoopUnavailableError",
     "available_loops",
+    "is_rloop",
     "loop_factory",
     "loop_versions",
 ]
@@ -139,6 +145,8 @@ def loop_factory(name: str) -> LoopFactory:
     concrete = resolve(name)
     if concrete == "asyncio":
         return asyncio.new_event_loop
+    if concrete == "rloop":
+        return _new_rloop
     if concrete == "veloxloop":
         return _new_veloxloop
     if concrete.startswith("aiofastnet-"):
@@ -169,6 +177,98 @@ def loop_versions(names: tuple[str, ...] | list[str] | None = None) -> dict[str,
                 parts.append(f"{module} (version unknown)")
         versions[name] = ", ".join(parts)
     return versions
+
+
+# --- rloop: its connection errors, as OSErrors ------------------------------------------
+
+
+def _new_rloop() -> asyncio.AbstractEventLoop:
+    return _rloop_class()()
+
+
+def is_rloop(loop: asyncio.AbstractEventLoop) -> bool:
+    """True for rloop's loop, with or without the fixes here."""
+    return any(cls.__module__.startswith("rloop") for cls in type(loop).__mro__)
+
+
+@functools.cache
+def _rloop_class() -> type[asyncio.AbstractEventLoop]:
+    """rloop's loop whose protocols hear of a failed connection as an OSError (made once)."""
+    rloop = importlib.import_module("rloop")
+    base: type[Any] = rloop.RLoop
+    return type("RLoop", (_RloopFixes, base), {})
+
+
+# How Rust prints an io::Error, which rloop 0.5 hands to connection_lost() inside a
+# RuntimeError: "Broken pipe (os error 32)".
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)$")
+
+
+def _as_os_error(error: Exception | None) -> Exception | None:
+    """The OSError that rloop reports as a ``RuntimeError``; any other value unchanged.
+
+    asyncio's streams and the servers treat an ``OSError`` from a lost connection as
+    the peer's doing (``BrokenPipeError``, ``ConnectionResetError``); a ``RuntimeError``
+    looks like a bug, and ``StreamWriter.drain()`` re-raised it as one, with a traceback
+    in the server's log for every client that reset while owed replies.
+    """
+    if type(error) is not RuntimeError:
+        return error
+    match = _RUST_OS_ERROR.search(str(error))
+    # Without an errno ("socket transport failed") a write failed for a reason rloop
+    # did not keep: still the connection's failure, not the program's.
+    converted = (
+        OSError(int(match.group(1)), os.strerror(int(match.group(1))))
+        if match
+        else ConnectionError(str(error))
+    )
+    converted.__cause__ = error
+    return converted
+
+
+def _reporting_os_errors(
+    factory: Callable[[], asyncio.BaseProtocol],
+) -> Callable[[], asyncio.BaseProtocol]:
+    def make() -> asyncio.BaseProtocol:
+        protocol = factory()
+        lost = protocol.connection_lost
+        # An instance attribute: rloop looks the callback up on the object, once per
+        # connection, so nothing is added to the path of the bytes.
+        attributes: Any = protocol
+        attributes.connection_lost = lambda error: lost(_as_os_error(error))
+        return protocol
+
+    return make
+
+
+class _RloopFixes:
+    """Mixed in before rloop's ``RLoop``: every way a protocol gets a connection."""
+
+    async def create_server(self, protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
+        parent: Any = super()
+        return await parent.create_server(_reporting_os_errors(protocol_factory), *args, **kwargs)
+
+    async def create_connection(self, protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
+        parent: Any = super()
+        factory = _reporting_os_errors(protocol_factory)
+        return await parent.create_connection(factory, *args, **kwargs)
+
+    async def create_unix_server(self, protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
+        parent: Any = super()
+        factory = _reporting_os_errors(protocol_factory)
+        return await parent.create_unix_server(factory, *args, **kwargs)
+
+    async def create_unix_connection(self, protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
+        parent: Any = super()
+        factory = _reporting_os_errors(protocol_factory)
+        return await parent.create_unix_connection(factory, *args, **kwargs)
+
+    async def connect_accepted_socket(
+        self, protocol_factory: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        parent: Any = super()
+        factory = _reporting_os_errors(protocol_factory)
+        return await parent.connect_accepted_socket(factory, *args, **kwargs)
 
 
 # --- veloxloop: what its 0.2 loop lacks -------------------------------------------------
@@ -204,6 +304,7 @@ class _VeloxTransport(asyncio.Transport):
         self._inner = inner
         self._protocol = protocol
         self._reading = True
+        self.lost_error: OSError | None = None
         for name in _VELOX_TRANSPORT_METHODS:
             setattr(self, name, getattr(inner, name))
         # asyncio, uvloop and rloop set TCP_NODELAY on every TCP transport; veloxloop 0.2
@@ -213,15 +314,23 @@ class _VeloxTransport(asyncio.Transport):
             inner.set_tcp_nodelay(True)
 
     def write(self, data: Any) -> None:
-        # veloxloop 0.2 takes only bytes ("'memoryview' object cannot be cast as
-        # 'bytes'"); the servers hand it views of large replies.
-        self._inner.write(data if type(data) is bytes else bytes(data))
+        try:
+            # veloxloop 0.2 takes only bytes ("'memoryview' object cannot be cast as
+            # 'bytes'"); the servers hand it views of large replies.
+            self._inner.write(data if type(data) is bytes else bytes(data))
+        except OSError as error:
+            # asyncio's transports never raise from write(): a failed send closes the
+            # transport and the protocol hears why in connection_lost(). veloxloop 0.2
+            # raises (a peer's reset shows up nowhere else), and its abort() then
+            # reports no error: the protocol is told this one (see _fit_protocol).
+            self.lost_error = error
+            self._inner.abort()
 
     def can_write_eof(self) -> bool:
         return True
 
     def writelines(self, list_of_data: Any) -> None:
-        self._inner.write(b"".join(list_of_data))
+        self.write(b"".join(list_of_data))
 
     def pause_reading(self) -> None:
         self._reading = False
@@ -258,21 +367,31 @@ def _fit_protocol(
 ) -> asyncio.BaseProtocol:
     """Make ``protocol`` work on veloxloop, without a layer between it and the loop.
 
-    Its ``connection_made`` is handed the fuller transport above. A ``BufferedProtocol``
+    Its ``connection_made`` is handed the fuller transport above, and its
+    ``connection_lost`` the error of a send that failed. A ``BufferedProtocol``
     gets a ``data_received`` (veloxloop calls only that) that copies each batch into the
     protocol's own buffer with asyncio's own adapter (the one its TLS transport uses).
     """
     connection_made_first = protocol.connection_made
+    connection_lost_first = protocol.connection_lost
+    fuller: _VeloxTransport | None = None
 
     def connection_made(transport: asyncio.BaseTransport) -> None:
+        nonlocal fuller
         fuller = _VeloxTransport(transport, protocol)
         if made is not None:
             made.append(fuller)
         connection_made_first(fuller)
 
+    def connection_lost(error: Exception | None) -> None:
+        if error is None and fuller is not None:
+            error = fuller.lost_error
+        connection_lost_first(error)
+
     # Instance attributes: veloxloop looks the callbacks up on the object it was given.
     attributes: Any = protocol
     attributes.connection_made = connection_made
+    attributes.connection_lost = connection_lost
     if isinstance(protocol, asyncio.BufferedProtocol):
         # asyncio's private helper (3.7 on): what its TLS transport feeds buffered
         # protocols with.

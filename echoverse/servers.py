@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
-from echoverse import runtime
+from echoverse import loops, runtime
 from echoverse.iostream import IOStream
 from echoverse.netutil import abort_with_reset, close_gracefully, start_lingering_close
 from echoverse.tcpserver import Connection, TCPServer
@@ -112,7 +112,7 @@ class FastEchoServer(EchoServer):
         # rloop 0.5's transport.write costs about 21 ns per byte for anything but
         # bytes (measured: 680 us for a 32 KiB memoryview, 12.5 us as bytes), so
         # large replies, which the pure-Python builder returns as bytearrays, are copied first.
-        self.write_bytes_only = type(loop).__module__.startswith("rloop")
+        self.write_bytes_only = loops.is_rloop(loop)
         return EchoProtocol(self)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -46,6 +47,38 @@ def test_server_exchange_on_every_loop(loop: str, impl: str) -> None:
             )
             sock.sendall(b"over")
             assert read_exactly(sock, 9) == b"overrevo"  # then the end of stream
+        status = server.stop()
+    assert status == 0, server.stderr_text()
+    assert "Traceback" not in server.stderr_text()
+
+
+# Sent without reading, then reset: more than the kernel's buffers hold on loopback with
+# a small receive buffer, so the server still has replies queued when the reset comes,
+# and less than any loop's backpressure lets in before the push stalls.
+UNREAD_PUSH = 2 * 1024 * 1024
+SMALL_RECEIVE_BUFFER = 4096
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("loop", loops.available_loops())
+def test_a_reset_while_owed_replies_is_no_error(loop: str, impl: str) -> None:
+    """A client resets with replies queued for it: the server serves on, no traceback.
+
+    rloop 0.5 reports the failed write as ``RuntimeError("Broken pipe (os error 32)")``;
+    ``drain()`` re-raised that on the streams server, logged with a traceback.
+    """
+    with running_server(echo_server_argv("--loop", loop, "--impl", impl)) as server:
+        with socket.socket() as pusher:
+            pusher.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RECEIVE_BUFFER)
+            pusher.settimeout(TIMEOUT)
+            pusher.connect(server.address)
+            pusher.sendall(b"x" * UNREAD_PUSH)
+            # SO_LINGER 0: close() resets the connection.
+            pusher.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with socket.create_connection(server.address, TIMEOUT) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.sendall(b"over")
+            assert read_exactly(sock, 9) == b"overrevo"
         status = server.stop()
     assert status == 0, server.stderr_text()
     assert "Traceback" not in server.stderr_text()
