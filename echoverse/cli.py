@@ -55,12 +55,13 @@ class ArgumentParser(argparse.ArgumentParser):
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Help that shows defaults and keeps the description's line breaks.
 
-    Defaults that say nothing (None, an unset switch) are left out; such flags say what
-    happens without them in their own words.
+    Defaults that say nothing (None, a switch's own value when it is not given, such as
+    True for ``--no-pin``) are left out; such flags say what happens without them in
+    their own words.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
+        if action.default is None or action.nargs == 0:
             return action.help
         return super()._get_help_string(action)
 
