@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from echoverse.errors import (
     EchoverseError,
@@ -181,25 +182,70 @@ def reverse_each_chunk_in_python(data: bytes) -> bytes:
     return bytes(out)
 
 
-def _select_builders() -> tuple[str, ReplyBuilder, Callable[[bytes], bytes]]:
-    """(BUILDER_NAME, build_reply, reverse_each_chunk): C if built and not refused."""
+class SessionCoreInPython:
+    """The per-batch state and rule of :class:`EchoSession`: the definition.
+
+    ``echoverse.speedups.SessionCore`` is the same in C, and EchoSession's base when the
+    extension runs: the fast path answers every received batch here, and in Python this
+    bookkeeping cost about as many instructions as the event loop's own work for the
+    batch. A subclass defines ``_answer_other`` for text mode and batches over 64 KiB.
+    """
+
+    __slots__ = ("_text", "bytes_received", "bytes_sent", "closing")
+
+    _text: bool
+    bytes_received: int
+    bytes_sent: int
+    # The ``over`` chunk has been answered: send what is pending, then close.
+    closing: bool
+
+    def answer(self, batch: bytes) -> ReplyBuffer:
+        """The reply to one batch, at once (``b""`` once closing)."""
+        if self.closing or not batch:
+            return b""
+        size = len(batch)
+        self.bytes_received += size
+        if self._text or size > MAX_BATCH_SIZE:
+            return self._answer_other(batch)
+        self.bytes_sent += 2 * size
+        # Every chunk but the last of a batch is a full 20 bytes, so only the last can be
+        # the 4-byte close chunk (batch_closes, written out: one call fewer per batch).
+        if size % CHUNK_SIZE == len(CLOSE_CHUNK) and batch.endswith(CLOSE_CHUNK):
+            self.closing = True
+        if size <= CHUNK_SIZE:
+            # One chunk, the usual case for small messages: cheaper than the builder.
+            return batch + batch[::-1]
+        return build_reply_in_python(batch)
+
+    def _answer_other(self, batch: bytes) -> ReplyBuffer:
+        raise NotImplementedError
+
+
+def _select_builders() -> tuple[
+    str, ReplyBuilder, Callable[[bytes], bytes], type[SessionCoreInPython]
+]:
+    """(BUILDER_NAME, build_reply, reverse_each_chunk, SessionCore): C if built and not
+    refused."""
     if os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
         name = f"pure Python ({PURE_PYTHON_VARIABLE} set)"
-        return name, build_reply_in_python, reverse_each_chunk_in_python
+        return name, build_reply_in_python, reverse_each_chunk_in_python, SessionCoreInPython
     try:
         from echoverse import speedups
     except ImportError:
         # No compiler at install time (setup.py skips the extension quietly).
         name = "pure Python (echoverse.speedups not built)"
-        return name, build_reply_in_python, reverse_each_chunk_in_python
-    return "C (echoverse.speedups)", speedups.build_reply, speedups.reverse_each_chunk
+        return name, build_reply_in_python, reverse_each_chunk_in_python, SessionCoreInPython
+    # The C type has the same attributes and answer(): the tests hold them identical.
+    core = cast("type[SessionCoreInPython]", speedups.SessionCore)
+    return "C (echoverse.speedups)", speedups.build_reply, speedups.reverse_each_chunk, core
 
 
 # Chosen once, at import. BUILDER_NAME says which builders run, and why, for logs and the
 # benchmark's environment block; ACCELERATED is True when they are the C ones.
 # build_reply(batch): the whole reply to one batch, every chunk followed by its reversal.
 # reverse_each_chunk(data): every 20-byte chunk reversed, the reply's second halves joined.
-BUILDER_NAME, build_reply, reverse_each_chunk = _select_builders()
+# SessionCore: EchoSession's base, the per-batch rule (SessionCoreInPython or its C twin).
+BUILDER_NAME, build_reply, reverse_each_chunk, SessionCore = _select_builders()
 ACCELERATED = BUILDER_NAME.startswith("C ")
 
 
@@ -305,7 +351,15 @@ def tornado_batches(data: bytes) -> Iterator[bytes]:
         yield data[start : start + MAX_BATCH_SIZE]
 
 
-class EchoSession:
+if TYPE_CHECKING:
+    # For the type checker both bases are one: the C type has SessionCoreInPython's
+    # attributes and answer() (speedups.pyi), and the tests hold them identical.
+    _SessionBase = SessionCoreInPython
+else:
+    _SessionBase = SessionCore
+
+
+class EchoSession(_SessionBase):
     """The server side of one connection, fed whole batches of received bytes.
 
     With ``text=True`` chunks never end inside a UTF-8 character and are reversed by
@@ -325,16 +379,8 @@ class EchoSession:
     seed's server does by closing the stream.
     """
 
-    __slots__ = (
-        "_build",
-        "_closes",
-        "_pending",
-        "_text",
-        "bytes_received",
-        "bytes_sent",
-        "closing",
-        "eof_received",
-    )
+    # bytes_received, bytes_sent, closing and _text are SessionCore's.
+    __slots__ = ("_build", "_closes", "_pending", "eof_received")
 
     def __init__(self, *, text: bool = False) -> None:
         self._text = text
@@ -353,32 +399,10 @@ class EchoSession:
         if reply:
             self._pending.append(reply)
 
-    def answer(self, batch: bytes) -> ReplyBuffer:
-        """The reply to one batch, at once (``b""`` once closing).
-
-        The same as ``receive_data`` then ``data_to_send``, for shells that write each
-        reply as soon as it is made; it does not touch the pending replies.
-        """
-        if self.closing or not batch:
-            return b""
-        size = len(batch)
-        self.bytes_received += size
-        if size <= CHUNK_SIZE and not self._text:
-            # One chunk, the usual case for small messages: no batch cutting or closing
-            # test. The C builder is one call that makes one object, about 600
-            # instructions cheaper per call than the slice and concatenation here.
-            self.bytes_sent += 2 * size
-            if batch == CLOSE_CHUNK:
-                self.closing = True
-            return build_reply(batch) if ACCELERATED else batch + batch[::-1]
-        if size <= MAX_BATCH_SIZE and not self._text:
-            # A batch of several chunks: batch_closes and _answer_batch written out, two
-            # Python calls fewer per batch on the fast path (callgrind: ~1k instructions).
-            if size % CHUNK_SIZE == len(CLOSE_CHUNK) and batch.endswith(CLOSE_CHUNK):
-                self.closing = True
-            self.bytes_sent += 2 * size
-            return build_reply(batch)
-        if size <= MAX_BATCH_SIZE:
+    def _answer_other(self, batch: bytes) -> ReplyBuffer:
+        # SessionCore.answer's rare cases, counted already: text mode, and batches over
+        # 64 KiB, which Tornado would have read in several.
+        if len(batch) <= MAX_BATCH_SIZE:
             return self._answer_batch(batch)
         return b"".join(self._answer_batches(batch))
 

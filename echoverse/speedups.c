@@ -1,8 +1,9 @@
 /* The double reply in C: the optional accelerator behind protocol.build_reply.
  *
- * protocol.py holds the definition in pure Python and uses these two functions when this
+ * protocol.py holds the definition in pure Python and uses what is here when this
  * extension was built (and ECHOVERSE_PURE_PYTHON is not set); the tests prove them
- * byte-identical. Both take any object with the buffer protocol and return bytes.
+ * identical. build_reply and reverse_each_chunk take any object with the buffer protocol
+ * and return bytes; SessionCore is the base of protocol.EchoSession, the per-batch rule.
  * Python C API only, no Cython or NumPy, in the manner of websockets' speedups.c.
  */
 
@@ -98,25 +99,20 @@ PyDoc_STRVAR(build_reply_doc,
 "The reply to one batch: every 20-byte chunk (and the shorter rest), each followed by\n"
 "its byte reversal. Takes any bytes-like object, returns bytes twice its length.");
 
+/* A new bytes object: the reply to data[0:size]. */
 static PyObject *
-build_reply(PyObject *Py_UNUSED(module), PyObject *arg)
+make_reply(const char *data, Py_ssize_t size)
 {
-    input_bytes in;
-    if (get_input(arg, &in) < 0) {
-        return NULL;
-    }
-    if (in.size > PY_SSIZE_T_MAX / 2) {
-        release_view(&in);
+    if (size > PY_SSIZE_T_MAX / 2) {
         return PyErr_NoMemory();
     }
-    PyObject *reply = PyBytes_FromStringAndSize(NULL, 2 * in.size);
+    PyObject *reply = PyBytes_FromStringAndSize(NULL, 2 * size);
     if (reply == NULL) {
-        release_view(&in);
         return NULL;
     }
     char *out = PyBytes_AS_STRING(reply);
-    const char *chunk = in.data;
-    Py_ssize_t left = in.size;
+    const char *chunk = data;
+    Py_ssize_t left = size;
     for (; left >= CHUNK_SIZE; left -= CHUNK_SIZE, chunk += CHUNK_SIZE) {
         memcpy(out, chunk, CHUNK_SIZE);
         reverse_chunk(out + CHUNK_SIZE, chunk);
@@ -128,6 +124,17 @@ build_reply(PyObject *Py_UNUSED(module), PyObject *arg)
         memcpy(out, chunk, left);
         reverse_into(out + left, chunk, left);
     }
+    return reply;
+}
+
+static PyObject *
+build_reply(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    input_bytes in;
+    if (get_input(arg, &in) < 0) {
+        return NULL;
+    }
+    PyObject *reply = make_reply(in.data, in.size);
     release_view(&in);
     return reply;
 }
@@ -161,15 +168,135 @@ reverse_each_chunk(PyObject *Py_UNUSED(module), PyObject *arg)
     return result;
 }
 
+/* --- SessionCore: protocol.SessionCoreInPython in C ------------------------------------
+ *
+ * The per-batch rule of protocol.EchoSession (the counters, the `over` rule, the reply),
+ * which the fast path runs once per received batch: in Python it cost about as many
+ * instructions as the event loop's own work for the batch. EchoSession subclasses this
+ * type when the extension runs; protocol.SessionCoreInPython is the definition. */
+
+/* protocol.MAX_BATCH_SIZE and protocol.CLOSE_CHUNK. */
+#define MAX_BATCH_SIZE (64 * 1024)
+#define CLOSE_CHUNK "over"
+#define CLOSE_CHUNK_SIZE 4
+
+#if PY_VERSION_HEX >= 0x030C0000
+#define MEMBER_SSIZE Py_T_PYSSIZET
+#define MEMBER_BOOL Py_T_BOOL
+#else
+#include <structmember.h>
+#define MEMBER_SSIZE T_PYSSIZET
+#define MEMBER_BOOL T_BOOL
+#endif
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t bytes_received;
+    Py_ssize_t bytes_sent;
+    char closing;
+    char text;
+} SessionCore;
+
+static PyMemberDef session_members[] = {
+    {"bytes_received", MEMBER_SSIZE, offsetof(SessionCore, bytes_received), 0,
+     "Bytes taken in by answer(), up to the batch with `over`."},
+    {"bytes_sent", MEMBER_SSIZE, offsetof(SessionCore, bytes_sent), 0,
+     "Reply bytes answer() has returned."},
+    {"closing", MEMBER_BOOL, offsetof(SessionCore, closing), 0,
+     "The `over` chunk has been answered: nothing more is."},
+    {"_text", MEMBER_BOOL, offsetof(SessionCore, text), 0,
+     "Text mode: answer() hands every batch to _answer_other()."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+PyDoc_STRVAR(session_answer_doc,
+"answer(batch, /)\n--\n\n"
+"The reply to one batch (b'' once closing), as protocol.SessionCoreInPython.answer.");
+
+static PyObject *
+session_answer(PyObject *op, PyObject *batch)
+{
+    SessionCore *self = (SessionCore *)op;
+    if (self->closing) {
+        return PyBytes_FromStringAndSize(NULL, 0);
+    }
+    input_bytes in;
+    if (get_input(batch, &in) < 0) {
+        return NULL;
+    }
+    Py_ssize_t size = in.size;
+    if (size == 0) {
+        release_view(&in);
+        return PyBytes_FromStringAndSize(NULL, 0);
+    }
+    self->bytes_received += size;
+    if (self->text || size > MAX_BATCH_SIZE) {
+        /* Text mode and batches past 64 KiB: the Python code of EchoSession, rarely run. */
+        release_view(&in);
+        return PyObject_CallMethod(op, "_answer_other", "O", batch);
+    }
+    /* Every chunk but the last is 20 bytes, so only the last can be `over`. */
+    int closes = size % CHUNK_SIZE == CLOSE_CHUNK_SIZE &&
+                 memcmp(in.data + size - CLOSE_CHUNK_SIZE, CLOSE_CHUNK, CLOSE_CHUNK_SIZE) == 0;
+    PyObject *reply = make_reply(in.data, size);
+    release_view(&in);
+    if (reply == NULL) {
+        return NULL;
+    }
+    self->bytes_sent += 2 * size;
+    if (closes) {
+        self->closing = 1;
+    }
+    return reply;
+}
+
+static PyMethodDef session_methods[] = {
+    {"answer", session_answer, METH_O, session_answer_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(session_doc,
+"The per-batch state and rule of protocol.EchoSession, in C. Subclass it; a subclass\n"
+"defines _answer_other(batch) for text mode and batches over 64 KiB.");
+
+static PyType_Slot session_slots[] = {
+    {Py_tp_doc, (void *)session_doc},
+    {Py_tp_members, session_members},
+    {Py_tp_methods, session_methods},
+    {0, NULL},
+};
+
+static PyType_Spec session_spec = {
+    .name = "echoverse.speedups.SessionCore",
+    .basicsize = sizeof(SessionCore),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = session_slots,
+};
+
+static int
+speedups_exec(PyObject *module)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, &session_spec, NULL);
+    if (type == NULL) {
+        return -1;
+    }
+    int result = PyModule_AddObjectRef(module, "SessionCore", type);
+    Py_DECREF(type);
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"build_reply", build_reply, METH_O, build_reply_doc},
     {"reverse_each_chunk", reverse_each_chunk, METH_O, reverse_each_chunk_doc},
     {NULL, NULL, 0, NULL},
 };
 
-/* Multi-phase initialisation with no module state: safe in sub-interpreters and, as the
- * functions touch nothing shared, without the GIL on free-threaded builds. */
+/* Multi-phase initialisation with no module state (the type is made per module object):
+ * safe in sub-interpreters and, as nothing here is shared, without the GIL on
+ * free-threaded builds; a session, like the connection it belongs to, is one thread's. */
 static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, speedups_exec},
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
@@ -182,7 +309,8 @@ static PyModuleDef_Slot speedups_slots[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "echoverse.speedups",
-    .m_doc = "The double reply in C: the optional accelerator behind protocol.build_reply.",
+    .m_doc = "The double reply in C: the optional accelerator behind protocol.build_reply\n"
+             "and protocol.EchoSession.",
     .m_size = 0,
     .m_methods = speedups_methods,
     .m_slots = speedups_slots,

@@ -1,4 +1,4 @@
-"""The double reply in C: the optional accelerator behind protocol.build_reply."""
+"""The double reply in C: the optional accelerator behind protocol.build_reply and EchoSession."""
 
 from _typeshed import ReadableBuffer
 
@@ -7,3 +7,12 @@ def build_reply(data: ReadableBuffer, /) -> bytes:
 
 def reverse_each_chunk(data: ReadableBuffer, /) -> bytes:
     """Every 20-byte chunk of ``data`` reversed in place: the reply's second halves."""
+
+class SessionCore:
+    """The per-batch state and rule of ``protocol.EchoSession``, in C."""
+
+    bytes_received: int
+    bytes_sent: int
+    closing: bool
+    _text: bool
+    def answer(self, batch: ReadableBuffer, /) -> bytes: ...

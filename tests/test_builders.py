@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import protocol
-from protocol import EchoSession, ReplyBuffer
+from protocol import EchoSession, ReplyBuffer, SessionCoreInPython
 
 try:
     from echoverse import speedups
@@ -110,19 +110,36 @@ if speedups is not None:
     params=[pytest.param("c", marks=SKIP_UNBUILT), "python"],
 )
 def builders(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Select the C builders or the pure-Python ones in ``protocol``, as its import does."""
+    """Select the C builders or the pure-Python ones in ``protocol``, as its import does:
+    the builders, and ``protocol.EchoSession`` on the matching session core."""
     accelerated = request.param == "c"
     build: Builder
     reverse: Callable[[bytes], bytes]
+    core: type[SessionCoreInPython]
     if accelerated:
         assert speedups is not None
         build, reverse = speedups.build_reply, speedups.reverse_each_chunk
+        core = speedups.SessionCore  # type: ignore[assignment]
     else:
         build, reverse = protocol.build_reply_in_python, protocol.reverse_each_chunk_in_python
+        core = SessionCoreInPython
     monkeypatch.setattr(protocol, "build_reply", build)
     monkeypatch.setattr(protocol, "reverse_each_chunk", reverse)
     monkeypatch.setattr(protocol, "ACCELERATED", accelerated)
+    monkeypatch.setattr(protocol, "EchoSession", session_class_on(core))
     return str(request.param)
+
+
+def session_class_on(core: type[SessionCoreInPython]) -> type[EchoSession]:
+    """``protocol.EchoSession`` as its import makes it on ``core``: the same methods."""
+    own_slots = set(EchoSession.__slots__)
+    namespace = {
+        name: value
+        for name, value in vars(EchoSession).items()
+        if name not in own_slots and name not in ("__dict__", "__weakref__")
+    }
+    made: type[EchoSession] = type("EchoSession", (core,), namespace)
+    return made
 
 
 batches = st.one_of(
@@ -161,7 +178,7 @@ def test_a_session_answers_any_cut_as_the_definition(
     builders: str, data: bytes, cuts: list[int]
 ) -> None:
     """Any cut into batches: each batch answered by the definition, until ``over``."""
-    session = EchoSession()
+    session = protocol.EchoSession()
     reply = b""
     for batch in _cut(data, cuts):
         if session.closing:
@@ -187,6 +204,19 @@ def test_text_mode_builder_is_the_definition(builders: str, text: str, noise: by
 
 
 @SETTINGS
+@given(
+    text=st.text(alphabet=st.sampled_from("ab é你😀\x00"), max_size=80), noise=st.binary(max_size=6)
+)
+def test_a_text_session_answers_as_the_text_definition(
+    builders: str, text: str, noise: bytes
+) -> None:
+    batch = text.encode() + noise
+    session = protocol.EchoSession(text=True)
+    assert bytes(session.answer(batch)) == text_definition(batch)
+    assert (session.bytes_received, session.bytes_sent) == (len(batch), 2 * len(batch))
+
+
+@SETTINGS
 @given(batch=batches)
 def test_reverse_each_chunk_is_the_second_halves(builders: str, batch: bytes) -> None:
     assert protocol.reverse_each_chunk(batch) == reversal_definition(batch)
@@ -197,7 +227,7 @@ def test_every_path_is_the_definition(builders: str, size: int) -> None:
     """The session, the client's check and the reversal, at the sizes that switch paths."""
     batch = bytes((index * 11 + 5) % 256 for index in range(size))
     assert bytes(protocol.build_reply(batch)) == definition(batch)
-    assert bytes(EchoSession().answer(batch)) == session_definition(batch)
+    assert bytes(protocol.EchoSession().answer(batch)) == session_definition(batch)
     assert protocol.reverse_each_chunk(batch) == reversal_definition(batch)
     if batch:
         reply = protocol.split_reply(batch, definition(batch))
@@ -206,10 +236,14 @@ def test_every_path_is_the_definition(builders: str, size: int) -> None:
 
 
 def test_the_fixture_selects_what_it_says(builders: str) -> None:
-    """Guard for the tests above: a new session really builds with the selected builder."""
+    """Guard for the tests above: a new session really builds with the selected builder,
+    on the selected session core."""
     assert protocol.ACCELERATED is (builders == "c")
     expected = speedups.build_reply if builders == "c" else protocol.build_reply_in_python
-    assert EchoSession()._build is expected
+    session = protocol.EchoSession()
+    assert session._build is expected
+    core = speedups.SessionCore if builders == "c" else SessionCoreInPython
+    assert type(session).__mro__[1] is core
 
 
 def _cut(data: bytes, cuts: list[int]) -> Iterator[bytes]:

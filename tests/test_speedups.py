@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Protocol, cast
 
 import pytest
 from hypothesis import given, settings
@@ -108,6 +109,76 @@ def test_the_input_is_not_leaked() -> None:
     assert sys.getrefcount(batch) == before
 
 
+class RecordingCore(Protocol):
+    """What the tests read of a session core built by :func:`recording_core`."""
+
+    bytes_received: int
+    bytes_sent: int
+    closing: bool
+    handed_over: list[bytes]
+
+    def answer(self, batch: bytes | bytearray | memoryview, /) -> bytes | bytearray: ...
+
+
+def recording_core(base: type) -> Callable[[bool], RecordingCore]:
+    """A session core on ``base`` whose rare cases (text, batches over 64 KiB) are recorded."""
+
+    class Recording(base):  # type: ignore[misc]
+        def __init__(self, text: bool) -> None:
+            self._text = text
+            self.bytes_received = 0
+            self.bytes_sent = 0
+            self.closing = False
+            self.handed_over: list[bytes] = []
+
+        def _answer_other(self, batch: bytes) -> bytes:
+            self.handed_over.append(bytes(batch))
+            return b"<other>"
+
+    return cast(Callable[[bool], RecordingCore], Recording)
+
+
+session_batches = st.one_of(
+    st.binary(max_size=300),
+    st.builds(
+        lambda head, tail: head + tail,
+        st.binary(max_size=100),
+        st.sampled_from([b"over", b"overtime", b"OVER", b"ove"]),
+    ),
+    st.sampled_from([65536, 65537]).map(bytes),
+)
+
+
+@SETTINGS
+@given(batches=st.lists(session_batches, max_size=8), text=st.booleans())
+def test_the_c_session_core_is_the_python_definition(batches: list[bytes], text: bool) -> None:
+    """Reply, counters, ``closing`` and what is handed to ``_answer_other``, batch by batch."""
+    c_core = recording_core(speedups.SessionCore)(text)
+    python_core = recording_core(protocol.SessionCoreInPython)(text)
+    for batch in batches:
+        assert bytes(c_core.answer(batch)) == bytes(python_core.answer(batch))
+        state = (c_core.bytes_received, c_core.bytes_sent, c_core.closing, c_core.handed_over)
+        assert state == (
+            python_core.bytes_received,
+            python_core.bytes_sent,
+            python_core.closing,
+            python_core.handed_over,
+        )
+
+
+def test_the_c_session_core_takes_any_buffer_and_refuses_the_rest() -> None:
+    core = recording_core(speedups.SessionCore)(False)
+    assert core.answer(memoryview(b"..hello")[2:]) == b"helloolleh"
+    assert core.answer(bytearray(b"over")) == b"overrevo"
+    assert core.closing is True
+    assert core.answer(b"after over") == b""
+    assert (core.bytes_received, core.bytes_sent) == (9, 18)
+    with pytest.raises(TypeError):
+        recording_core(speedups.SessionCore)(False).answer("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        core.closing = 1  # type: ignore[assignment]
+
+
 # Every size from 0 to 300 and a few large ones, in every input type, and the error paths,
 # each result compared with the pure-Python definition: under PYTHONMALLOC=debug a write
 # past the end of a reply or a double free ends the process with "Fatal Python error".
@@ -126,8 +197,13 @@ for size in sizes:
         assert speedups.build_reply(data) == want, size
         assert speedups.reverse_each_chunk(data) == want_reversed, size
         count += 1
+    # The session's C core, on bytes as the shells hand it over (past 64 KiB, in batches).
+    want_session = b"".join(map(protocol.reply_by_loop, protocol.tornado_batches(batch)))
+    assert protocol.EchoSession().answer(batch) == want_session, size
+    count += 1
+functions = (speedups.build_reply, speedups.reverse_each_chunk, protocol.EchoSession().answer)
 for bad in (None, 1, "text", memoryview(bytes(40))[::2]):
-    for function in (speedups.build_reply, speedups.reverse_each_chunk):
+    for function in functions:
         try:
             function(bad)
         except (TypeError, BufferError):
@@ -150,8 +226,8 @@ def test_no_memory_errors_under_the_debug_allocator() -> None:
         timeout=6 * TIMEOUT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    # 305 sizes x 4 input types, then 4 bad arguments x 2 functions.
-    assert result.stdout.split() == ["ok", str(305 * 4 + 8)]
+    # 305 sizes x (4 input types + a session), then 4 bad arguments x 3 functions.
+    assert result.stdout.split() == ["ok", str(305 * 5 + 12)]
 
 
 def selection_in_a_fresh_interpreter(pure_python: str | None) -> list[str]:
