@@ -11,7 +11,8 @@ cancels the start-up cost::
     # instructions per round trip = (second "Collected" - first) / 1000
 
 The figure includes the client (asyncio's own streams, the same for every server), so
-compare implementations or commits with it, not with the C server.
+compare implementations or commits with it, not with the C server. ``--impl floor`` is
+the benchmark's ``floor`` server: the least a Python server on that loop can do.
 """
 
 from __future__ import annotations
@@ -26,13 +27,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import echo_server
 from echoverse import cli
+from echoverse.bench.servers import floor_protocol
 
 
-async def round_trips(impl: str, size: int, count: int) -> None:
+async def round_trips(impl: str, loop_name: str, size: int, count: int) -> None:
     """``count`` closed-loop round trips of ``size`` bytes against ``impl``."""
-    server = echo_server.IMPLEMENTATIONS[impl]()
-    await server.listen(0, "127.0.0.1")
-    port = server.sockets[0].getsockname()[1]
+    if impl == "floor":
+        # The benchmark's floor: the least a Python server on this loop can do.
+        loop = asyncio.get_running_loop()
+        floor = await loop.create_server(floor_protocol(loop, loop_name), "127.0.0.1", 0)
+        port = floor.sockets[0].getsockname()[1]
+    else:
+        server = echo_server.IMPLEMENTATIONS[impl]()
+        await server.listen(0, "127.0.0.1")
+        port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     # Distinct letters, no "over" chunk: every round trip is answered in full.
     message = (bytes(range(97, 117)) * (size // 20 + 1))[:size]
@@ -40,19 +48,23 @@ async def round_trips(impl: str, size: int, count: int) -> None:
         writer.write(message)
         await reader.readexactly(2 * size)
     writer.close()
-    await server.close()
+    if impl == "floor":
+        floor.close()
+    else:
+        await server.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--impl", choices=tuple(echo_server.IMPLEMENTATIONS), default="protocol")
+    implementations = (*echo_server.IMPLEMENTATIONS, "floor")
+    parser.add_argument("--impl", choices=implementations, default="protocol")
     parser.add_argument("--loop", default="uvloop", help="an installed loop of the table")
     parser.add_argument("--size", type=cli.positive_int, default=200, help="message bytes")
     parser.add_argument("-n", type=cli.positive_int, default=1000, help="round trips")
     args = parser.parse_args(argv)
     _, factory = cli.resolve_loop(parser, args.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(round_trips(args.impl, args.size, args.n))
+        runner.run(round_trips(args.impl, args.loop, args.size, args.n))
     return 0
 
 
