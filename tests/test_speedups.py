@@ -27,6 +27,7 @@ speedups = pytest.importorskip(
 )
 
 SETTINGS = settings(max_examples=300, deadline=None)
+MAX_BATCH = protocol.MAX_BATCH_SIZE
 
 # The input types a shell may hand over: what transports deliver, the buffered
 # protocol's receive buffer, and a window into it that starts at an offset.
@@ -164,6 +165,29 @@ def test_the_c_session_core_is_the_python_definition(batches: list[bytes], text:
             python_core.closing,
             python_core.handed_over,
         )
+
+
+def test_the_c_session_core_leaks_nothing() -> None:
+    """No reference to the batch or the reply is kept, on every path: answered in C,
+    handed to Python (text mode, over 64 KiB), refused, and after ``over``."""
+    small, large = bytes(range(100)), bytes(MAX_BATCH + 1)
+    session = protocol.EchoSession()
+    text_session = protocol.EchoSession(text=True)
+    before = [sys.getrefcount(small), sys.getrefcount(large)]
+    for _ in range(200):
+        reply = session.answer(small)
+        assert sys.getrefcount(reply) == 2  # ``reply`` and getrefcount's argument
+        del reply
+        text_session.answer(small)
+        session.answer(large)
+    protocol.EchoSession().answer(b"over")
+    closed = protocol.EchoSession()
+    closed.answer(b"over")
+    for _ in range(200):
+        closed.answer(small)
+        with pytest.raises(TypeError):
+            session.answer(None)  # type: ignore[arg-type]
+    assert [sys.getrefcount(small), sys.getrefcount(large)] == before
 
 
 def test_the_c_session_core_takes_any_buffer_and_refuses_the_rest() -> None:
