@@ -10,6 +10,8 @@ import io
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -144,3 +146,9 @@ def running_server(argv: Sequence[str]) -> Iterator[ServerProcess]:
 def echo_server_argv(*extra: str) -> list[str]:
     """Command line of this project's server on a free port."""
     return [PYTHON, str(ROOT / "echo_server.py"), "--port", "0", *extra]
+
+
+def close_with_reset(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0: the peer gets a reset, not an end of stream."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()

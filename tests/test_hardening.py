@@ -41,6 +41,7 @@ from support import (
     ROOT,
     TIMEOUT,
     ServerProcess,
+    close_with_reset,
     echo_server_argv,
     running_server,
     start_server,
@@ -235,12 +236,6 @@ def recv_until_eof(sock: socket.socket) -> bytes:
 def exchange(sock: socket.socket, message: bytes) -> None:
     sock.sendall(message)
     assert_double_reply(message, recv_exactly(sock, 2 * len(message)))
-
-
-def reset(sock: socket.socket) -> None:
-    """Close with SO_LINGER 0: the peer gets a reset, not an end of stream."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def assert_dropped(sock: socket.socket, limit: int = 64 * 1024) -> None:
@@ -1014,7 +1009,7 @@ def fault_cycle(address: tuple[str, int], cycle: int) -> None:
         sock.close()  # connect and send nothing, then a normal end of stream
         return
     if kind == 1:
-        reset(sock)  # connect and send nothing, then vanish
+        close_with_reset(sock)  # connect and send nothing, then vanish
         return
     if kind == 2:
         # Vanish mid-reply: read a little of a long reply, then reset.
@@ -1022,7 +1017,7 @@ def fault_cycle(address: tuple[str, int], cycle: int) -> None:
         sock.recv(1024)
     else:
         sock.sendall(b"a message and then the client is gone")
-    reset(sock)
+    close_with_reset(sock)
 
 
 @pytest.mark.slow

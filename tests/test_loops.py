@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import struct
 import subprocess
 from pathlib import Path
 
 import pytest
-from support import TIMEOUT, echo_server_argv, running_server
+from support import TIMEOUT, close_with_reset, echo_server_argv, running_server
 
 from echoverse import loops
 
@@ -73,8 +72,7 @@ def test_a_reset_while_owed_replies_is_no_error(loop: str, impl: str) -> None:
             pusher.settimeout(TIMEOUT)
             pusher.connect(server.address)
             pusher.sendall(b"x" * UNREAD_PUSH)
-            # SO_LINGER 0: close() resets the connection.
-            pusher.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            close_with_reset(pusher)
         with socket.create_connection(server.address, TIMEOUT) as sock:
             sock.settimeout(TIMEOUT)
             sock.sendall(b"over")

@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ from support import (
     ROOT,
     TIMEOUT,
     ServerProcess,
+    close_with_reset,
     echo_server_argv,
     parse_ready_line,
     running_server,
@@ -498,9 +498,8 @@ def test_verbose_logs_every_chunk_and_vanished_peers_log_nothing(loop: str, impl
         for _ in range(3):
             # Send, then vanish with a reset (SO_LINGER 0) before reading the reply.
             sock = connect(server.address)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.sendall(b"bye")
-            sock.close()
+            close_with_reset(sock)
         # Still serving after the resets.
         assert_ok(run_client(server.port, "-m", "still here", loop=loop), b"still here")
     finally:
