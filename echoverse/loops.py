@@ -215,13 +215,14 @@ def _as_os_error(error: Exception | None) -> Exception | None:
     if type(error) is not RuntimeError:
         return error
     match = _RUST_OS_ERROR.search(str(error))
-    # Without an errno ("socket transport failed") a write failed for a reason rloop
-    # did not keep: still the connection's failure, not the program's.
-    converted = (
-        OSError(int(match.group(1)), os.strerror(int(match.group(1))))
-        if match
-        else ConnectionError(str(error))
-    )
+    converted: OSError
+    if match:
+        code = int(match.group(1))
+        converted = OSError(code, os.strerror(code))  # OSError picks the subclass
+    else:
+        # No errno ("socket transport failed"): a write failed for a reason rloop did
+        # not keep; still the connection's failure, not the program's.
+        converted = ConnectionError(str(error))
     converted.__cause__ = error
     return converted
 
@@ -241,34 +242,25 @@ def _reporting_os_errors(
     return make
 
 
+def _passing_os_errors(name: str) -> Callable[..., Any]:
+    """The loop method ``name`` with its protocol factory wrapped by _reporting_os_errors."""
+
+    async def method(self: Any, protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
+        parent: Any = getattr(super(_RloopFixes, self), name)
+        return await parent(_reporting_os_errors(protocol_factory), *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
 class _RloopFixes:
     """Mixed in before rloop's ``RLoop``: every way a protocol gets a connection."""
 
-    async def create_server(self, protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
-        parent: Any = super()
-        return await parent.create_server(_reporting_os_errors(protocol_factory), *args, **kwargs)
-
-    async def create_connection(self, protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
-        parent: Any = super()
-        factory = _reporting_os_errors(protocol_factory)
-        return await parent.create_connection(factory, *args, **kwargs)
-
-    async def create_unix_server(self, protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
-        parent: Any = super()
-        factory = _reporting_os_errors(protocol_factory)
-        return await parent.create_unix_server(factory, *args, **kwargs)
-
-    async def create_unix_connection(self, protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
-        parent: Any = super()
-        factory = _reporting_os_errors(protocol_factory)
-        return await parent.create_unix_connection(factory, *args, **kwargs)
-
-    async def connect_accepted_socket(
-        self, protocol_factory: Any, *args: Any, **kwargs: Any
-    ) -> Any:
-        parent: Any = super()
-        factory = _reporting_os_errors(protocol_factory)
-        return await parent.connect_accepted_socket(factory, *args, **kwargs)
+    create_server = _passing_os_errors("create_server")
+    create_connection = _passing_os_errors("create_connection")
+    create_unix_server = _passing_os_errors("create_unix_server")
+    create_unix_connection = _passing_os_errors("create_unix_connection")
+    connect_accepted_socket = _passing_os_errors("connect_accepted_socket")
 
 
 # --- veloxloop: what its 0.2 loop lacks -------------------------------------------------
