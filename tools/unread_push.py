@@ -12,27 +12,28 @@ reading while paused (rloop 0.5) both grow for as long as the client pushes::
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from subprocess import PIPE
 
 from echoverse import cli, loops
+from echoverse.bench.processes import READY_LINE, read_line, read_status_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 
 SEND_SIZE = 64 * 1024
 # The push has stalled once sends have been refused for this long in a row.
 STALL_SECONDS = 1.0
+START_TIMEOUT = 10.0
 
 
 def resident_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(match.group(1)) / 1024 if match else float("nan")
+    kib = read_status_kib(pid, "VmRSS")
+    return kib / 1024 if kib is not None else float("nan")
 
 
 def push_unread(address: tuple[str, int], seconds: float) -> tuple[int, bool]:
@@ -62,18 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=cli.positive_float, default=5.0)
     args = parser.parse_args(argv)
     argv = [sys.executable, str(ROOT / "echo_server.py"), "--port", "0"]
-    server = subprocess.Popen(
-        [*argv, "--loop", args.loop, "--impl", args.impl],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = subprocess.Popen([*argv, "--loop", args.loop, "--impl", args.impl], stdout=PIPE)
     try:
         assert server.stdout is not None
-        ready = re.search(r"listening on (\S+):(\d+)", server.stdout.readline())
+        try:
+            ready = READY_LINE.match(read_line(server.stdout, time.monotonic() + START_TIMEOUT))
+        except TimeoutError:
+            ready = None
         if ready is None:
-            cli.error_line("unread_push", "the server did not start")
+            cli.error_line("unread_push", "the server did not start (see its stderr above)")
             return 1
-        address = (ready.group(1), int(ready.group(2)))
+        address = (ready["host"] or ready["host6"], int(ready["port"]))
         resting = resident_mib(server.pid)
         sent, stalled = push_unread(address, args.seconds)
         grown = resident_mib(server.pid)
