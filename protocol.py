@@ -230,15 +230,14 @@ def _select_builders() -> tuple[
 ]:
     """(BUILDER_NAME, build_reply, reverse_each_chunk, SessionCore): C if built and not
     refused."""
+    pure = (build_reply_in_python, reverse_each_chunk_in_python, SessionCoreInPython)
     if os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
-        name = f"pure Python ({PURE_PYTHON_VARIABLE} set)"
-        return name, build_reply_in_python, reverse_each_chunk_in_python, SessionCoreInPython
+        return (f"pure Python ({PURE_PYTHON_VARIABLE} set)", *pure)
     try:
         from echoverse import speedups
     except ImportError:
         # No compiler at install time (setup.py skips the extension quietly).
-        name = "pure Python (echoverse.speedups not built)"
-        return name, build_reply_in_python, reverse_each_chunk_in_python, SessionCoreInPython
+        return ("pure Python (echoverse.speedups not built)", *pure)
     # The C type has the same attributes and answer(): the tests hold them identical.
     core = cast("type[SessionCoreInPython]", speedups.SessionCore)
     return "C (echoverse.speedups)", speedups.build_reply, speedups.reverse_each_chunk, core
