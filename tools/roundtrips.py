@@ -30,12 +30,12 @@ from echoverse import cli
 from echoverse.bench.servers import floor_protocol
 
 
-async def round_trips(impl: str, loop_name: str, size: int, count: int) -> None:
+async def round_trips(impl: str, size: int, count: int) -> None:
     """``count`` closed-loop round trips of ``size`` bytes against ``impl``."""
     if impl == "floor":
         # The benchmark's floor: the least a Python server on this loop can do.
         loop = asyncio.get_running_loop()
-        floor = await loop.create_server(floor_protocol(loop, loop_name), "127.0.0.1", 0)
+        floor = await loop.create_server(floor_protocol(loop), "127.0.0.1", 0)
         port = floor.sockets[0].getsockname()[1]
     else:
         server = echo_server.IMPLEMENTATIONS[impl]()
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _, factory = cli.resolve_loop(parser, args.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(round_trips(args.impl, args.loop, args.size, args.n))
+        runner.run(round_trips(args.impl, args.size, args.n))
     return 0
 
 

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 from typing import cast
 
-from echoverse import cli, runtime
+from echoverse import cli, loops, runtime
 from protocol import build_reply
 
 __all__ = ["command_serve_floor"]
@@ -54,11 +54,11 @@ class BytesFloorProtocol(FloorProtocol):
         self.write(reply if type(reply) is bytes else bytes(reply))
 
 
-def floor_protocol(loop: asyncio.AbstractEventLoop, loop_name: str) -> type[asyncio.BaseProtocol]:
+def floor_protocol(loop: asyncio.AbstractEventLoop) -> type[asyncio.BaseProtocol]:
     """The floor's protocol class for this loop, as the fast path chooses its own."""
     if isinstance(loop, asyncio.BaseEventLoop):
         return BufferedFloorProtocol
-    if loop_name == "rloop":
+    if loops.is_rloop(loop):
         return BytesFloorProtocol
     return FloorProtocol
 
@@ -67,7 +67,7 @@ async def serve_floor(host: str, port: int, loop_name: str) -> int:
     """Listen, print the ready line, serve until SIGINT/SIGTERM."""
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(floor_protocol(loop, loop_name), host, port)
+        server = await loop.create_server(floor_protocol(loop), host, port)
     except OSError as error:
         cli.listen_error_line(PROGRAM, f"{host}:{port}", error)
         return 1
