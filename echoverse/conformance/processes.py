@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import IO
 
-from echoverse.errors import ConformanceError
+from echoverse.errors import ConformanceError, describe_error
 
 __all__ = [
     "ServerProcess",
@@ -92,6 +92,22 @@ def describe_status(status: int) -> str:
         except ValueError:
             return f"was killed by signal {-status}"
     return f"exited with status {status}"
+
+
+def require_listening(address: tuple[str, int], timeout: float) -> None:
+    """Raise :class:`ConformanceError` unless ``address`` accepts a connection.
+
+    For ``--server-addr``: a server that is not there is one line, not every scenario
+    failing with the same refused connection.
+    """
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return
+    except OSError as error:
+        host, port = address
+        raise ConformanceError(
+            f"nothing accepts connections on {host}:{port}: {describe_error(error)}"
+        ) from None
 
 
 def _accepts(address: tuple[str, int], timeout: float) -> bool:

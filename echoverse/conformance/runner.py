@@ -33,6 +33,7 @@ from echoverse.conformance.processes import (
     ServerSpec,
     describe_status,
     parse_address,
+    require_listening,
     start_server,
 )
 from echoverse.conformance.report import (
@@ -296,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.server_cmd is not None:
             spec = ServerSpec(args.server_cmd, args.host, args.port, args.ready)
             server = start_server(spec, args.timeout)
+        elif args.server_addr is not None:
+            require_listening(args.server_addr, args.timeout)
         return run(args, server, started)
     except ConformanceError as error:
         cli.error_line(PROGRAM, str(error))

@@ -446,6 +446,24 @@ def test_bad_flags_exit_2(arguments: list[str], says: str) -> None:
     assert says in line
 
 
+def test_server_addr_with_nothing_listening_is_one_line() -> None:
+    port = free_port()
+    done = subprocess.run(
+        [*RUNNER, "--server-addr", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith(
+        f"echoverse-conformance: nothing accepts connections on 127.0.0.1:{port}: "
+    )
+    assert "refused" in line.lower()
+
+
 def test_server_addr_and_markdown(tmp_path: Path) -> None:
     # A server someone else started; the runner only connects, and writes its report.
     report = tmp_path / "report.md"
