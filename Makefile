@@ -1,4 +1,4 @@
-# echoverse: `make demo` shows the server and client at work, `make test` runs everything.
+# echo20: `make demo` shows the server and client at work, `make test` runs everything.
 # Both set up .venv from pyproject.toml first, so a fresh machine needs only Python >= 3.11.
 
 PYTHON ?= python3
@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 # One list for ruff and mypy: every Python file of the project, tests and tools included.
-CHECKED := protocol.py echo_server.py echo_client.py setup.py echoverse tests tools
+CHECKED := protocol.py echo_server.py echo_client.py setup.py echo20 tests tools
 # The seed's server and client as the article wrote them, untyped on purpose: ruff only.
 UNTYPED := examples
 
@@ -26,8 +26,8 @@ help:
 	@echo "make test-deploy  install HAProxy where possible, test docs/deploy.md's configuration"
 	@echo "make clean   remove .venv and caches"
 
-$(STAMP): pyproject.toml setup.py echoverse/speedups.c
-	$(PYTHON) -c 'import sys; sys.exit("echoverse needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+$(STAMP): pyproject.toml setup.py echo20/speedups.c
+	$(PYTHON) -c 'import sys; sys.exit("echo20 needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -52,12 +52,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 # The quick matrix: every target on every installed loop at 1 x 8 B and 16 x 200 B, one
-# short repeat per cell, closed loop (under 3 minutes). `echoverse-bench run --help` for
-# the full one, --rate/--rates for the open loop; `echoverse-bench compare A B` compares
-# two runs; `echoverse-bench idle` and `cold-start` measure memory per idle connection
+# short repeat per cell, closed loop (under 3 minutes). `echo20-bench run --help` for
+# the full one, --rate/--rates for the open loop; `echo20-bench compare A B` compares
+# two runs; `echo20-bench idle` and `cold-start` measure memory per idle connection
 # and a fresh server's first clients.
 bench: $(STAMP)
-	$(BIN)/python -m echoverse.bench run --connections 1,16 --sizes 8,200 --warmup 0.2 --duration 0.5 --repeats 1 --ramp-timeout 10
+	$(BIN)/python -m echo20.bench run --connections 1,16 --sizes 8,200 --warmup 0.2 --duration 0.5 --repeats 1 --ramp-timeout 10
 
 # Good and hostile clients for 2 minutes, then lost bytes, tracebacks, memory and fds
 # checked; e.g. `make soak SOAK_ARGS="--seconds 30 --impl protocol"`.
@@ -78,4 +78,4 @@ test-deploy: $(STAMP)
 	$(BIN)/python -m pytest tests/test_deploy.py -rs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info build echoverse/*.so
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info build echo20/*.so

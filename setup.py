@@ -1,4 +1,4 @@
-"""Build the optional C accelerator, ``echoverse/speedups.c``; pyproject.toml says the rest.
+"""Build the optional C accelerator, ``echo20/speedups.c``; pyproject.toml says the rest.
 
 Without a working C compiler (or Python headers) the install still succeeds, without the
 extension, and ``protocol.py`` runs its pure-Python builders: websockets builds its
@@ -16,7 +16,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
 
-log = logging.getLogger("echoverse.setup")
+log = logging.getLogger("echo20.setup")
 
 # What a compiler that is missing, broken or without Python.h raises while building.
 BUILD_ERRORS = (CCompilerError, CompileError, ExecError, LinkError, PlatformError, OSError)
@@ -38,10 +38,10 @@ class OptionalBuildExt(build_ext):
             self._skipped(ext.name, exc)
 
     def _skipped(self, what: str, exc: Exception) -> None:
-        log.info("echoverse: not building %s (%s); pure Python is used instead", what, exc)
+        log.info("echo20: not building %s (%s); pure Python is used instead", what, exc)
 
 
 setup(
-    ext_modules=[Extension("echoverse.speedups", sources=["echoverse/speedups.c"])],
+    ext_modules=[Extension("echo20.speedups", sources=["echo20/speedups.c"])],
     cmdclass={"build_ext": OptionalBuildExt},
 )

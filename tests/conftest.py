@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from echoverse import loops
+from echo20 import loops
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 

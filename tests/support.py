@@ -25,12 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 # The one timeout every wait in the tests uses, in seconds. Generous, because it only
-# bounds a failure (a hang fails loudly after it); ECHOVERSE_TEST_TIMEOUT_SCALE=3 on a
+# bounds a failure (a hang fails loudly after it); ECHO20_TEST_TIMEOUT_SCALE=3 on a
 # slow machine.
-TIMEOUT = 10.0 * float(os.environ.get("ECHOVERSE_TEST_TIMEOUT_SCALE", "1"))
+TIMEOUT = 10.0 * float(os.environ.get("ECHO20_TEST_TIMEOUT_SCALE", "1"))
 
 READY_LINE = re.compile(
-    r"^echoverse listening on (?:unix:(?P<path>.+)|"
+    r"^echo20 listening on (?:unix:(?P<path>.+)|"
     r"(?:\[(?P<host6>[^\]]+)\]|(?P<host>[^:\s]+)):(?P<port>\d+))"
     r" \(loop: (?P<loop>[\w-]+)\)$"
 )
@@ -75,9 +75,9 @@ class ServerProcess:
 
 
 def parse_ready_line(line: str) -> tuple[str, int, str]:
-    """(host, port, loop) from ``echoverse listening on HOST:PORT (loop: NAME)``.
+    """(host, port, loop) from ``echo20 listening on HOST:PORT (loop: NAME)``.
 
-    For a Unix socket (``echoverse listening on unix:PATH (loop: NAME)``) the host is
+    For a Unix socket (``echo20 listening on unix:PATH (loop: NAME)``) the host is
     the socket's path and the port 0.
     """
     match = READY_LINE.match(line.strip())

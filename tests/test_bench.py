@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from support import PYTHON, TIMEOUT, running_server
 
-from echoverse import loops
-from echoverse.bench import budgets, cli, compare, tools, units
+from echo20 import loops
+from echo20.bench import budgets, cli, compare, tools, units
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the benchmark needs cc")
 
@@ -32,7 +32,7 @@ Reply = Callable[[bytes], bytes]
 
 def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", "echoverse.bench", *args],
+        [PYTHON, "-m", "echo20.bench", *args],
         capture_output=True,
         text=True,
         timeout=12 * TIMEOUT,
@@ -52,7 +52,7 @@ def test_run_writes_reports_with_verified_cells(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
     document = json.loads((tmp_path / "bench.json").read_text())
-    assert document["kind"] == "echoverse-bench"
+    assert document["kind"] == "echo20-bench"
     env = document["environment"]
     for key in ("cpu_model", "kernel", "python", "governor", "pinning", "accelerator"):
         assert env[key], key
@@ -203,7 +203,7 @@ def test_loadgen_reports_a_wrong_reply_as_an_error(
 
 ENVIRONMENT: dict[str, Any] = {
     "date": "d", "hostname": "h", "cpu_model": "cpu", "cpus_online": 2, "kernel": "k",
-    "python": "CPython 3.11", "echoverse": "0", "packages": {}, "governor": "g",
+    "python": "CPython 3.11", "echo20": "0", "packages": {}, "governor": "g",
     "pinning": "p", "accelerator": "unknown",
 }  # fmt: skip
 
@@ -211,7 +211,7 @@ ENVIRONMENT: dict[str, Any] = {
 def result_document(cpu: list[float], p50: list[float]) -> dict[str, Any]:
     """A minimal bench.json with one cell whose repeats measured ``cpu`` and ``p50``."""
     return {
-        "kind": "echoverse-bench",
+        "kind": "echo20-bench",
         "version": 2,
         "environment": ENVIRONMENT | {"loops": {"uvloop": "uvloop 0.21"}},
         "cells": [
@@ -267,7 +267,7 @@ def test_compare_refuses_a_file_that_is_not_a_result(
     assert cli.main(["compare", str(other), str(other)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "not an echoverse-bench run result" in err
+    assert "not an echo20-bench run result" in err
 
 
 def test_budgets_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -279,7 +279,7 @@ def test_budgets_parse_and_bad_ones_exit_2(capsys: pytest.CaptureFixture[str]) -
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
-    assert err.startswith("echoverse-bench run: error:")
+    assert err.startswith("echo20-bench run: error:")
     assert "not a budget" in err
 
 
@@ -293,7 +293,7 @@ def test_a_missing_compiler_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("loop", loops.available_loops())
 def test_floor_server_answers_each_batch(loop: str) -> None:
-    argv = [PYTHON, "-m", "echoverse.bench", "serve-floor", "--port", "0", "--loop", loop]
+    argv = [PYTHON, "-m", "echo20.bench", "serve-floor", "--port", "0", "--loop", loop]
     with running_server(argv) as server, socket.create_connection(server.address, TIMEOUT) as sock:
         message = b"a message longer than twenty bytes"
         sock.sendall(message)

@@ -17,15 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import protocol
-from protocol import EchoSession, ReplyBuffer, SessionCoreInPython
+from echo20 import protocol
+from echo20.protocol import EchoSession, ReplyBuffer, SessionCoreInPython
 
 try:
-    from echoverse import speedups
+    from echo20 import speedups
 except ImportError:  # no C compiler at install time: the C cases are skipped
     speedups = None  # type: ignore[assignment]
 
-SKIP_UNBUILT = pytest.mark.skipif(speedups is None, reason="echoverse.speedups is not built")
+SKIP_UNBUILT = pytest.mark.skipif(speedups is None, reason="echo20.speedups is not built")
 
 # The fixture patches protocol's module globals once per test, not per example.
 SETTINGS = settings(

@@ -31,7 +31,7 @@ RECEIVES = 2000
 # block of a few hundred KiB, which raises the threshold that far.
 PROBE = f"""
 import resource, socket, sys
-from echoverse import runtime
+from echo20 import runtime
 if sys.argv[1] == "primed":
     runtime.raise_malloc_mmap_threshold()
 a, b = socket.socketpair()
@@ -69,7 +69,7 @@ def test_primed_receives_reuse_the_heap() -> None:
 # resident KiB before and after runtime.release_free_memory().
 TRIM_PROBE = """
 import sys
-from echoverse import runtime
+from echo20 import runtime
 runtime.raise_malloc_mmap_threshold()
 def rss():
     for line in open("/proc/self/status"):

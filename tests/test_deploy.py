@@ -1,5 +1,5 @@
 """The HAProxy configuration of ``docs/deploy.md``, run: HAProxy on 127.0.0.1 in front of
-two echoverse servers, and the protocol checked through it.
+two echo20 servers, and the protocol checked through it.
 
 The configuration is read from the document's ``haproxy`` block, so the two cannot
 drift apart. Only the ``bind`` line (replaced by a listening socket this test hands
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
-BACKEND = "echoverse_servers"
+BACKEND = "echo20_servers"
 # The servers behind HAProxy: one of each implementation.
 IMPLS = ("streams", "protocol")
 MiB = 1024 * 1024
@@ -75,7 +75,7 @@ def config_for(listen_fd: int, servers: list[tuple[str, int]]) -> str:
 
 @dataclass
 class Deployment:
-    """HAProxy in front of echoverse servers, every process running."""
+    """HAProxy in front of echo20 servers, every process running."""
 
     address: tuple[str, int]
     haproxy: subprocess.Popen[bytes]
@@ -116,7 +116,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     try:
         for impl in IMPLS:
             servers.append(start_server(echo_server_argv("--impl", impl)))
-        config = directory / "echoverse.cfg"
+        config = directory / "echo20.cfg"
         config.write_text(config_for(listener.fileno(), [s.address for s in servers]))
         stats_path = directory / "stats.sock"
         # A second global section: HAProxy merges it with the documented one.
@@ -194,7 +194,7 @@ def test_conformance_suite_through_haproxy(deployment: Deployment) -> None:
     """Every server scenario of the conformance suite, through HAProxy."""
     host, port = deployment.address
     result = subprocess.run(
-        [PYTHON, "-m", "echoverse.conformance", "--server-addr", f"{host}:{port}"],
+        [PYTHON, "-m", "echo20.conformance", "--server-addr", f"{host}:{port}"],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         capture_output=True,

@@ -43,8 +43,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import TIMEOUT
 
-from echoverse import loops
-from echoverse.iostream import IOStream
+from echo20 import loops
+from echo20.iostream import IOStream
 
 # --- where the port differs from Tornado by design ------------------------------------
 

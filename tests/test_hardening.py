@@ -47,9 +47,10 @@ from support import (
     start_server,
 )
 
-import echo_server
-from echoverse import runtime, servers
-from echoverse.tcpclient import TCPClient
+from echo20 import runtime
+from echo20.servers import IMPLEMENTATIONS
+from echo20.servers import base as server_base
+from echo20.tcpclient import TCPClient
 
 LOOPS = ("asyncio", "uvloop")
 IMPLS = ("streams", "protocol")
@@ -1073,7 +1074,7 @@ async def wait_until_async(condition: Callable[[], bool], what: str) -> None:
 async def test_faults_leave_no_tasks(impl: str, caplog: pytest.LogCaptureFixture) -> None:
     """In this process: after the fault cycles, the task count is back where it started."""
     caplog.set_level(logging.WARNING)
-    server = echo_server.IMPLEMENTATIONS[impl]()
+    server = IMPLEMENTATIONS[impl]()
     await server.listen(0, "127.0.0.1", backlog=1024)
     address = server.sockets[0].getsockname()
     try:
@@ -1109,8 +1110,8 @@ async def test_idle_server_hands_memory_back(impl: str, monkeypatch: pytest.Monk
         released.set()
 
     monkeypatch.setattr(runtime, "release_free_memory", release)
-    monkeypatch.setattr(servers, "MEMORY_RELEASE_DELAY", 0.05)
-    server = echo_server.IMPLEMENTATIONS[impl]()
+    monkeypatch.setattr(server_base, "MEMORY_RELEASE_DELAY", 0.05)
+    server = IMPLEMENTATIONS[impl]()
     await server.listen(0, "127.0.0.1")
     address = server.sockets[0].getsockname()
     try:
@@ -1243,7 +1244,7 @@ def test_unix_socket(loop: str, impl: str, tmp_path: Path) -> None:
     """--unix PATH on the server, and on the client script."""
     path = tmp_path / "echo.sock"
     with running_server(server_argv(loop, impl, "--unix", str(path))) as server:
-        assert server.ready_line == f"echoverse listening on unix:{path} (loop: {loop})"
+        assert server.ready_line == f"echo20 listening on unix:{path} (loop: {loop})"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(TIMEOUT)
             sock.connect(str(path))

@@ -3,10 +3,10 @@
 The specification is ``docs/tornado-semantics.md``: what Tornado 6 does, where the port
 differs, and which test here pins each point (``test_differential.py`` checks the same
 against Tornado itself). Most tests put the port's
-:class:`~echoverse.iostream.IOStream` on one end of a connection and a plain socket, the
+:class:`~echo20.iostream.IOStream` on one end of a connection and a plain socket, the
 *peer*, on the other, so the peer can do exactly what a test needs: half-close, reset,
-stop reading. Server and client tests use :class:`~echoverse.tcpserver.TCPServer` and
-:class:`~echoverse.tcpclient.TCPClient`. Every async test runs once per event loop
+stop reading. Server and client tests use :class:`~echo20.tcpserver.TCPServer` and
+:class:`~echo20.tcpclient.TCPClient`. Every async test runs once per event loop
 (``conftest.py``).
 
 Nothing waits by sleeping. Where a test needs the port to have received what the peer
@@ -33,11 +33,11 @@ import pytest
 import trustme
 from support import TIMEOUT
 
-from echoverse.errors import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
-from echoverse.iostream import DEFAULT_READ_HIGH_WATER, IOStream
-from echoverse.tcpclient import TCPClient
-from echoverse.tcpserver import TCPServer
-from echoverse.tls import TLSTransport
+from echo20.errors import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
+from echo20.iostream import DEFAULT_READ_HIGH_WATER, IOStream
+from echo20.tcpclient import TCPClient
+from echo20.tcpserver import TCPServer
+from echo20.tls import TLSTransport
 
 T = TypeVar("T")
 

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 from support import TIMEOUT, close_with_reset, echo_server_argv, running_server
 
-from echoverse import loops
-
-IMPLEMENTATIONS = ("streams", "iostream", "protocol")
+from echo20 import loops
+from echo20.servers import IMPLEMENTATIONS
 
 
 def read_exactly(sock: socket.socket, count: int) -> bytes:

@@ -13,18 +13,19 @@ import itertools
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import ROOT, TIMEOUT
 
-from protocol import (
+from echo20.protocol import (
     CHUNK_SIZE,
     CLOSE_CHUNK,
     MAX_BATCH_SIZE,
+    Echo20Error,
     EchoSession,
-    EchoverseError,
     ProtocolError,
     StreamBufferFullError,
     StreamClosedError,
@@ -79,8 +80,7 @@ def feed(batches: Iterable[bytes]) -> tuple[EchoSession, bytes]:
     session = EchoSession()
     stream = bytearray()
     for batch in batches:
-        session.receive_data(batch)
-        stream += session.data_to_send()
+        stream += session.answer(batch)
     return session, bytes(stream)
 
 
@@ -218,9 +218,7 @@ def test_one_byte_at_a_time() -> None:
     session = EchoSession()
     for byte in b"hello, world":
         single = bytes([byte])
-        session.receive_data(single)
-        assert session.data_to_send() == single + single
-        assert session.data_to_send() == b""
+        assert session.answer(single) == single + single
     assert not session.closing
     assert session.bytes_received == 12
     assert session.bytes_sent == 24
@@ -235,10 +233,9 @@ def test_one_byte_at_a_time_spelling_over_does_not_close() -> None:
 
 def test_45_bytes_in_one_batch_are_20_20_5() -> None:
     session = EchoSession()
-    session.receive_data(ALPHABET_45)
     chunks = [ALPHABET_45[:20], ALPHABET_45[20:40], ALPHABET_45[40:]]
     assert oracle([ALPHABET_45]) == (chunks, False)
-    assert session.data_to_send() == encode(chunks)
+    assert session.answer(ALPHABET_45) == encode(chunks)
 
 
 def test_chunks_never_span_batches() -> None:
@@ -289,46 +286,23 @@ def test_every_batch_cut_of_a_message_longer_than_a_chunk() -> None:
         check_reply_stream(message, stream)
 
 
-def test_replies_can_be_drained_late() -> None:
-    """data_to_send() after several batches returns all their replies, in order."""
-    session = EchoSession()
-    session.receive_data(b"abc")
-    session.receive_data(ALPHABET_45)
-    expected, _ = oracle([b"abc", ALPHABET_45])
-    assert session.data_to_send() == encode(expected)
-    assert session.data_to_send() == b""
-    assert session.bytes_sent == 2 * 48
-
-
 def test_empty_batch_is_not_end_of_stream() -> None:
-    """EOF is explicit (receive_eof), never an empty batch."""
+    """An empty batch is answered with nothing and closes nothing."""
     session = EchoSession()
-    session.receive_data(b"")
-    assert session.data_to_send() == b""
-    assert not session.eof_received
-    assert not session.done
+    assert session.answer(b"") == b""
+    assert not session.closing
     assert session.bytes_received == 0
 
 
-def test_receive_eof_keeps_the_replies_owed() -> None:
-    """Half-close: replies to bytes received before the end still go out."""
-    session = EchoSession()
-    session.receive_data(ALPHABET_45)
-    session.receive_eof()
-    assert session.eof_received
-    assert session.done
-    assert not session.closing
-    assert session.data_to_send() == encode(oracle([ALPHABET_45])[0])
-
-
 def test_session_copies_what_it_keeps() -> None:
-    """A shell that reuses its receive buffer must not change replies already queued."""
+    """A shell that reuses its receive buffer must not change a reply already made."""
     buffer = bytearray(b"hello")
     session = EchoSession()
-    session.receive_data(bytes(buffer))
+    # A BufferedProtocol shell hands over a view of its buffer as the batch.
+    reply = session.answer(cast(bytes, buffer))
     buffer[:] = b"XXXXX"
-    session.receive_data(bytes(buffer))
-    assert session.data_to_send() == b"helloollehXXXXXXXXXX"
+    assert reply == b"helloolleh"
+    assert session.answer(cast(bytes, buffer)) == b"XXXXXXXXXX"
 
 
 # --- the `over` rules ---------------------------------------------------------------
@@ -362,18 +336,14 @@ def test_over_rules(batches: list[bytes], chunks: list[bytes], closes: bool) -> 
     session, stream = feed(batches)
     assert stream == encode(chunks)
     assert session.closing is closes
-    assert session.done is closes
 
 
 def test_over_stops_answering_and_counting() -> None:
     session = EchoSession()
-    session.receive_data(b"hi")
-    session.receive_data(b"over")
+    assert session.answer(b"hi") + session.answer(b"over") == b"hiihoverrevo"
     assert session.closing
-    assert session.data_to_send() == b"hiihoverrevo"
-    session.receive_data(b"ignored")
-    session.receive_data(b"over")
-    assert session.data_to_send() == b""
+    assert session.answer(b"ignored") == b""
+    assert session.answer(b"over") == b""
     assert session.bytes_received == 6
     assert session.bytes_sent == 12
 
@@ -549,7 +519,7 @@ def test_format_bytes_of_all_256_values_round_trips() -> None:
 
 def test_exception_family() -> None:
     for cls in (StreamClosedError, UnsatisfiableReadError, StreamBufferFullError, ProtocolError):
-        assert issubclass(cls, EchoverseError)
+        assert issubclass(cls, Echo20Error)
     assert issubclass(StreamClosedError, OSError)
 
 

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
-import echo_client
-import echo_server
-from echoverse.bench import cli as bench_cli
-from echoverse.conformance import runner
-from echoverse.reference import tornado_client, tornado_server
+from echo20 import client as echo_client
+from echo20 import server as echo_server
+from echo20.bench import cli as bench_cli
+from echo20.conformance import runner
+from echo20.reference import tornado_client, tornado_server
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 PARSERS = {
-    "echoverse-server": echo_server.build_parser,
-    "echoverse-client": echo_client.build_parser,
-    "echoverse-bench": bench_cli.build_parser,
-    "echoverse-conformance": runner.build_parser,
+    "echo20-server": echo_server.build_parser,
+    "echo20-client": echo_client.build_parser,
+    "echo20-bench": bench_cli.build_parser,
+    "echo20-conformance": runner.build_parser,
     "tornado_server": tornado_server.build_parser,
     "tornado_client": tornado_client.build_parser,
 }

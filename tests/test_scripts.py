@@ -38,14 +38,14 @@ from support import (
     start_server,
 )
 
-import echo_client
-import echo_server
+from echo20 import client as echo_client
+from echo20 import server as echo_server
 
 LOOPS = ("asyncio", "uvloop")
 IMPLS = ("streams", "protocol")
 CLIENT = [PYTHON, str(ROOT / "echo_client.py")]
-CLIENT_PROGRAM = "echoverse-client"
-SERVER_PROGRAM = "echoverse-server"
+CLIENT_PROGRAM = "echo20-client"
+SERVER_PROGRAM = "echo20-server"
 PROMPT = "Enter your input: "
 
 # Addresses from the documentation ranges (RFC 5737, RFC 3849), on no interface of the
@@ -237,10 +237,10 @@ def client_loop(request: pytest.FixtureRequest) -> str:
 
 
 def test_ready_line(server: ServerProcess) -> None:
-    """``echoverse listening on HOST:PORT (loop: NAME)``; stdout has nothing else (checked
+    """``echo20 listening on HOST:PORT (loop: NAME)``; stdout has nothing else (checked
     once the server has stopped, in the signal tests)."""
     assert re.fullmatch(
-        rf"echoverse listening on 127\.0\.0\.1:{server.port} \(loop: {server.loop}\)",
+        rf"echo20 listening on 127\.0\.0\.1:{server.port} \(loop: {server.loop}\)",
         server.ready_line,
     )
     assert server.port > 0
@@ -257,7 +257,7 @@ def test_loop_auto_is_uvloop() -> None:
 def test_ipv6_ready_line_and_exchange(loop: str) -> None:
     with running_server(echo_server_argv("--host", "::1", "--loop", loop)) as server:
         assert re.fullmatch(
-            rf"echoverse listening on \[::1\]:{server.port} \(loop: {loop}\)", server.ready_line
+            rf"echo20 listening on \[::1\]:{server.port} \(loop: {loop}\)", server.ready_line
         )
         assert parse_ready_line(server.ready_line)[0] == "::1"
         result = run_client(server.port, "-m", "hello", loop=loop, host="::1")
@@ -865,7 +865,7 @@ def test_main_bad_flags(script: str, argv: list[str], capsys: pytest.CaptureFixt
         MAINS[script](argv)
     assert exit_info.value.code == 2
     # One line, not argparse's usage block: the error is what the user needs to see.
-    assert_one_line_error(capsys.readouterr().err, f"echoverse-{script}", "error:")
+    assert_one_line_error(capsys.readouterr().err, f"echo20-{script}", "error:")
 
 
 # --- the client: a long pipe ----------------------------------------------------------
@@ -919,9 +919,9 @@ def test_a_pipe_of_100000_lines_streams_through(plain_server: ServerProcess) -> 
 @pytest.mark.parametrize(
     ("command", "module", "extra"),
     [
-        ("from echoverse.bench.cli import main; sys.exit(main(['run']))", "rich", "bench"),
+        ("from echo20.bench.cli import main; sys.exit(main(['run']))", "rich", "bench"),
         (
-            "from echoverse.conformance import main; sys.exit(main(['--list']))",
+            "from echo20.conformance import main; sys.exit(main(['--list']))",
             "pytest",
             "conformance",
         ),
@@ -935,5 +935,5 @@ def test_command_without_its_extra_is_one_line(command: str, module: str, extra:
         [PYTHON, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=False
     )
     assert result.returncode == 1
-    line = assert_one_line_error(result.stderr, f"echoverse-{extra}", module)
-    assert f"pip install 'echoverse[{extra}]'" in line
+    line = assert_one_line_error(result.stderr, f"echo20-{extra}", module)
+    assert f"pip install 'echo20[{extra}]'" in line

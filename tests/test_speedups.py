@@ -1,8 +1,8 @@
-"""The C accelerator (``echoverse/speedups.c``) against the pure-Python definition.
+"""The C accelerator (``echo20/speedups.c``) against the pure-Python definition.
 
 Its output must be byte-identical to ``protocol.reply_by_loop`` (the definition) for
 any bytes-like input; bad arguments raise, never crash; buffers are released on every
-path; and ``ECHOVERSE_PURE_PYTHON`` chooses between it and the fallback at import.
+path; and ``ECHO20_PURE_PYTHON`` chooses between it and the fallback at import.
 tests/test_builders.py runs the protocol-level tests with each of the two selected.
 """
 
@@ -20,10 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import PYTHON, ROOT, TIMEOUT
 
-import protocol
+from echo20 import protocol
 
 speedups = pytest.importorskip(
-    "echoverse.speedups", reason="echoverse.speedups is not built (no C compiler at install)"
+    "echo20.speedups", reason="echo20.speedups is not built (no C compiler at install)"
 )
 
 SETTINGS = settings(max_examples=300, deadline=None)
@@ -208,8 +208,8 @@ def test_the_c_session_core_takes_any_buffer_and_refuses_the_rest() -> None:
 # past the end of a reply or a double free ends the process with "Fatal Python error".
 MALLOC_DEBUG_SCRIPT = """
 import sys
-import protocol
-from echoverse import speedups
+from echo20 import protocol
+from echo20 import speedups
 
 sizes = [*range(301), 4096, 65536, 65557, 1048583]
 count = 0
@@ -240,7 +240,7 @@ print("ok", count)
 
 def test_no_memory_errors_under_the_debug_allocator() -> None:
     env = {**os.environ, "PYTHONMALLOC": "debug"}
-    env.pop("ECHOVERSE_PURE_PYTHON", None)
+    env.pop("ECHO20_PURE_PYTHON", None)
     result = subprocess.run(
         [PYTHON, "-X", "dev", "-c", MALLOC_DEBUG_SCRIPT],
         cwd=ROOT,
@@ -255,11 +255,11 @@ def test_no_memory_errors_under_the_debug_allocator() -> None:
 
 
 def selection_in_a_fresh_interpreter(pure_python: str | None) -> list[str]:
-    """``protocol``'s choice, imported with ECHOVERSE_PURE_PYTHON set so (or unset)."""
+    """``protocol``'s choice, imported with ECHO20_PURE_PYTHON set so (or unset)."""
     env = dict(os.environ)
-    env.pop("ECHOVERSE_PURE_PYTHON", None)
+    env.pop("ECHO20_PURE_PYTHON", None)
     if pure_python is not None:
-        env["ECHOVERSE_PURE_PYTHON"] = pure_python
+        env["ECHO20_PURE_PYTHON"] = pure_python
     code = (
         "import protocol; "
         "print(protocol.ACCELERATED, protocol.build_reply.__module__, protocol.BUILDER_NAME)"
@@ -271,21 +271,21 @@ def selection_in_a_fresh_interpreter(pure_python: str | None) -> list[str]:
     return result.stdout.split(maxsplit=2)
 
 
-def test_echoverse_pure_python_selects_the_fallback() -> None:
+def test_echo20_pure_python_selects_the_fallback() -> None:
     accelerated, module, name = selection_in_a_fresh_interpreter("1")
-    assert (accelerated, module) == ("False", "protocol")
-    assert name.strip() == "pure Python (ECHOVERSE_PURE_PYTHON set)"
+    assert (accelerated, module) == ("False", "echo20.protocol")
+    assert name.strip() == "pure Python (ECHO20_PURE_PYTHON set)"
 
 
 @pytest.mark.parametrize("pure_python", [None, "", "0"])
 def test_the_extension_is_selected_unless_refused(pure_python: str | None) -> None:
     accelerated, module, name = selection_in_a_fresh_interpreter(pure_python)
-    assert (accelerated, module) == ("True", "echoverse.speedups")
-    assert name.strip() == "C (echoverse.speedups)"
+    assert (accelerated, module) == ("True", "echo20.speedups")
+    assert name.strip() == "C (echo20.speedups)"
 
 
 def test_this_process_runs_what_the_environment_asks_for() -> None:
-    """Under ``make test`` the C builders; under ECHOVERSE_PURE_PYTHON=1, the fallback."""
-    forced = os.environ.get("ECHOVERSE_PURE_PYTHON", "") not in ("", "0")
+    """Under ``make test`` the C builders; under ECHO20_PURE_PYTHON=1, the fallback."""
+    forced = os.environ.get("ECHO20_PURE_PYTHON", "") not in ("", "0")
     assert protocol.ACCELERATED is not forced
     assert (protocol.build_reply is speedups.build_reply) is not forced

@@ -19,22 +19,23 @@ from typing import Any
 import pytest
 from support import PYTHON, ROOT, TIMEOUT
 
-import echo_server
-from echoverse.errors import StreamClosedError
-from echoverse.streams import (
+from echo20 import server as echo_server
+from echo20.errors import StreamClosedError
+from echo20.protocol import build_reply
+from echo20.servers import IMPLEMENTATIONS
+from echo20.streams import (
     CoalescingWriter,
     StreamReader,
     open_connection,
     read_partial,
 )
-from protocol import build_reply
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 
 
 @contextlib.asynccontextmanager
 async def echo_server_on(impl: str = "streams") -> AsyncIterator[tuple[str, int]]:
-    server = echo_server.IMPLEMENTATIONS[impl]()
+    server = IMPLEMENTATIONS[impl]()
     await server.listen(0, "127.0.0.1")
     try:
         yield server.sockets[0].getsockname()[:2]

@@ -41,7 +41,7 @@ from test_hardening import (
     wait_until,
 )
 
-from echoverse import supervisor
+from echo20 import supervisor
 
 # Both loops, each with one implementation, for the tests that cost seconds each.
 LOOP_PAIRS = [
@@ -480,5 +480,5 @@ def test_fd_bad_values(flags: list[str], message: str) -> None:
     )
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
-    assert line.startswith("echoverse-server: error:")
+    assert line.startswith("echo20-server: error:")
     assert message in line

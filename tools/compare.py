@@ -1,13 +1,13 @@
 """`make compare`: every conformance scenario against every implementation, as one matrix.
 
-Runs ``echoverse-conformance`` once per target, one after the other (so that no run
+Runs ``echo20-conformance`` once per target, one after the other (so that no run
 disturbs another's round-trip times), exactly as an outside implementation is run;
 reads each run's JUnit XML; writes ``docs/conformance.md`` and prints it::
 
     python tools/compare.py
     python tools/compare.py --targets streams-asyncio,echo-client --output /tmp/c.md
 
-The targets are echoverse's servers and clients (``echoverse.conformance.targets``) and
+The targets are echo20's servers and clients (``echo20.conformance.targets``) and
 the seed's own server and client, ported as they are. The exit status is 0 when every
 run went as expected: everything passes but the seed's client, which fails.
 """
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from echoverse.conformance.report import Column, counts_text, read_junit, render_matrix
-from echoverse.conformance.targets import CLIENT_TARGETS, SEED_TARGETS, SERVER_TARGETS, Target
+from echo20.conformance.report import Column, counts_text, read_junit, render_matrix
+from echo20.conformance.targets import CLIENT_TARGETS, SEED_TARGETS, SERVER_TARGETS, Target
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "conformance.md"
@@ -70,7 +70,7 @@ DIVERGENCES = [
     ),
     (
         "Shutdown",
-        "The seed never stops (Ctrl-C is a traceback, SIGTERM kills it). echoverse's "
+        "The seed never stops (Ctrl-C is a traceback, SIGTERM kills it). echo20's "
         "servers, the Tornado reference included, stop on SIGINT or SIGTERM with exit "
         "status 0 (checked here with `--clean-exit`), closing open connections after at "
         "most `--shutdown-timeout` seconds; the Tornado reference closes its streams at "
@@ -91,7 +91,7 @@ class TargetRun:
 
 def run_target(target: Target, keyword: str | None, scratch: Path) -> TargetRun:
     junit = scratch / f"{target.id}.xml"
-    command = [sys.executable, "-m", "echoverse.conformance", *target.runner_arguments()]
+    command = [sys.executable, "-m", "echo20.conformance", *target.runner_arguments()]
     command += ["--junit-xml", str(junit)]
     if target.id == "seed-client":
         command += ["--timeout", str(SEED_CLIENT_TIMEOUT)]
@@ -134,7 +134,7 @@ def render(runs: list[TargetRun]) -> str:
     lines = [
         "# Conformance: every scenario against every implementation",
         "",
-        "Written by `make compare` (`tools/compare.py`), which runs `echoverse-conformance`",
+        "Written by `make compare` (`tools/compare.py`), which runs `echo20-conformance`",
         'once per implementation, as anyone runs it on theirs (README, "Conformance:',
         'testing another implementation"): black-box scenarios over raw TCP, checked',
         "against the rules of [the protocol](protocol.md). `tornado-*` is the seed's server",
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"compare: {'; '.join(missing)}: pip install -e '.[test]'", file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(prefix="echoverse-compare-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="echo20-compare-") as scratch:
         runs = [run_target(target, args.keyword, Path(scratch)) for target in targets]
     report = render(runs)
     print()

@@ -25,7 +25,7 @@ def main() -> int:
     try:
         assert server.stdout is not None
         ready = server.stdout.readline().strip()
-        if not ready.startswith("echoverse listening on "):
+        if not ready.startswith("echo20 listening on "):
             print(f"demo: the server did not start (said {ready!r})", file=sys.stderr)
             return 1
         print(ready, flush=True)

@@ -25,9 +25,9 @@ from pathlib import Path
 # Run from a checkout: the card's modules sit one folder up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import echo_server
-from echoverse import cli
-from echoverse.bench.servers import floor_protocol
+from echo20 import cli
+from echo20.bench.servers import floor_protocol
+from echo20.servers import IMPLEMENTATIONS
 
 
 async def round_trips(impl: str, size: int, count: int) -> None:
@@ -38,7 +38,7 @@ async def round_trips(impl: str, size: int, count: int) -> None:
         floor = await loop.create_server(floor_protocol(loop), "127.0.0.1", 0)
         port = floor.sockets[0].getsockname()[1]
     else:
-        server = echo_server.IMPLEMENTATIONS[impl]()
+        server = IMPLEMENTATIONS[impl]()
         await server.listen(0, "127.0.0.1")
         port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -56,7 +56,7 @@ async def round_trips(impl: str, size: int, count: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    implementations = (*echo_server.IMPLEMENTATIONS, "floor")
+    implementations = (*IMPLEMENTATIONS, "floor")
     parser.add_argument("--impl", choices=implementations, default="protocol")
     parser.add_argument("--loop", default="uvloop", help="an installed loop of the table")
     parser.add_argument("--size", type=cli.positive_int, default=200, help="message bytes")

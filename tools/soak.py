@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from echoverse import loops  # noqa: E402  (the project's loop table, for the clients' own loop)
+from echo20 import loops  # noqa: E402  (the project's loop table, for the clients' own loop)
 
 HOST = "127.0.0.1"
 CHUNK = 20
@@ -66,9 +66,7 @@ PROGRESS_EVERY = 10.0
 # The reply to a message of N bytes is 2N bytes, whatever the server's batches.
 OVER = b"over"
 
-READY = re.compile(
-    r"^echoverse listening on (?P<host>[\d.]+):(?P<port>\d+) \(loop: (?P<loop>\S+)\)$"
-)
+READY = re.compile(r"^echo20 listening on (?P<host>[\d.]+):(?P<port>\d+) \(loop: (?P<loop>\S+)\)$")
 STOPPED = re.compile(r"stopped: (\d+) connections served, (\d+) bytes in, (\d+) bytes out")
 
 
@@ -479,7 +477,7 @@ def throwaway_certificate() -> str:
     try:
         import trustme
     except ImportError:
-        sys.exit("soak: --tls needs trustme: pip install 'echoverse[test]'")
+        sys.exit("soak: --tls needs trustme: pip install 'echo20[test]'")
     ca = trustme.CA()
     path = Path(tempfile.mkdtemp(prefix="soak-tls-")) / "server.pem"
     ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(path))
@@ -547,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             end_fds = runner.run(wait_for_fds(server, start_fds))
         # The server hands freed memory back 0.5 s after its last connection ends
-        # (echo_server.MEMORY_RELEASE_DELAY); measure after that.
+        # (echo20.servers.base.MEMORY_RELEASE_DELAY); measure after that.
         time.sleep(1.0)
         end_rss = server.rss_kib()
     finally:

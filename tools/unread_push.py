@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from subprocess import PIPE
 
-from echoverse import cli, loops
-from echoverse.bench.processes import READY_LINE, read_line, read_status_kib
+from echo20 import cli, loops
+from echo20.bench.processes import READY_LINE, read_line, read_status_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@
 A client that fails the conformance suite, to show what the suite catches::
 
     python examples/seed/tcp_client.py          # talks to port 8888, as the seed
-    echoverse-conformance --client-cmd "python examples/seed/tcp_client.py {port}"
+    echo20-conformance --client-cmd "python examples/seed/tcp_client.py {port}"
 
 Its defects, all the seed's own: it reads each reply with two ``read_bytes(20,
 partial=True)`` calls, as if the echo and its reversal always arrived as two reads of

@@ -6,7 +6,7 @@ port 8888 on every interface, takes no flags and prints nothing; every chunk of 
 Ctrl-C stops it (the seed printed a traceback). Run it, and test it::
 
     python examples/seed/tcp_server.py
-    echoverse-conformance --server-cmd "python examples/seed/tcp_server.py" --port 8888
+    echo20-conformance --server-cmd "python examples/seed/tcp_server.py" --port 8888
 
 What Python 3 and Tornado 6 changed, and nothing else:
 

@@ -30,7 +30,7 @@ import os
 import sys
 from collections import deque
 
-from echoverse.conformance.wire import batch_reply
+from echo20.conformance.wire import batch_reply
 
 CHUNK_SIZE = 20
 CLOSE_CHUNK = b"over"

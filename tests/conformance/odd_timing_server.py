@@ -23,7 +23,7 @@ import contextlib
 import itertools
 import sys
 
-from echoverse.conformance.wire import batch_reply
+from echo20.conformance.wire import batch_reply
 
 CHUNK_SIZE = 20
 CLOSE_CHUNK = b"over"

@@ -1,6 +1,6 @@
 """Our two clients side by side where the conformance suite cannot look: a terminal.
 
-The suite's client scenarios feed a client through a pipe (``echoverse-conformance
+The suite's client scenarios feed a client through a pipe (``echo20-conformance
 --client-cmd``, run for both clients in ``test_conformance_targets.py``). A person at
 the seed's prompt is another path through the clients; here both get the same typed
 lines in pseudo-terminals and must show the same session, and both fail the same way
@@ -17,13 +17,13 @@ import pexpect  # type: ignore[import-untyped]  # no stubs; only the tests use i
 import pytest
 from support import PYTHON, ROOT, TIMEOUT, ServerProcess, echo_server_argv, running_server
 
-from echoverse.conformance.processes import free_port
-from echoverse.conformance.scripted import expected_transcript
-from echoverse.conformance.wire import one_batch_chunks
+from echo20.conformance.processes import free_port
+from echo20.conformance.scripted import expected_transcript
+from echo20.conformance.wire import one_batch_chunks
 
 pytest.importorskip("tornado", reason="tornado_client.py needs tornado: pip install -e '.[test]'")
 
-CLIENTS = ("echo_client.py", "echoverse/reference/tornado_client.py")
+CLIENTS = ("echo_client.py", "echo20/reference/tornado_client.py")
 PROMPT = "Enter your input: "
 
 

@@ -1,7 +1,7 @@
-"""Every implementation through ``echoverse-conformance``, the way an outsider runs it.
+"""Every implementation through ``echo20-conformance``, the way an outsider runs it.
 
 Each test here is one run of the runner as a process (``python -m
-echoverse.conformance``), judged by its exit status, its output and its JUnit XML:
+echo20.conformance``), judged by its exit status, its output and its JUnit XML:
 
 * every server target (tornado, streams, iostream, protocol; asyncio and uvloop) and
   both of our clients pass;
@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 from support import PYTHON, ROOT, TIMEOUT, echo_server_argv, running_server
 
-from echoverse.conformance.processes import free_port
-from echoverse.conformance.report import Result, read_junit
-from echoverse.conformance.targets import (
+from echo20.conformance.processes import free_port
+from echo20.conformance.report import Result, read_junit
+from echo20.conformance.targets import (
     CLIENT_TARGETS,
     SEED_TARGETS,
     SERVER_TARGETS,
@@ -39,7 +39,7 @@ from echoverse.conformance.targets import (
     missing_packages,
 )
 
-RUNNER = (PYTHON, "-m", "echoverse.conformance")
+RUNNER = (PYTHON, "-m", "echo20.conformance")
 HERE = Path(__file__).resolve().parent
 ODD_SERVER = HERE / "odd_timing_server.py"
 BROKEN_SERVERS = HERE / "broken_servers.py"
@@ -185,7 +185,7 @@ RUNNER_RUNS = {
         ("--server-cmd", "python -c 'import sys; sys.exit(3)'", "--port", str(_unused)),
     ),
     "no-such-program": Run(
-        "no-such-program", ("--server-cmd", "no-such-program-for-echoverse --port {port}")
+        "no-such-program", ("--server-cmd", "no-such-program-for-echo20 --port {port}")
     ),
     "dies": Run(
         "dies",
@@ -200,7 +200,7 @@ RUNNER_RUNS = {
         "ready-line",
         (
             "--server-cmd",
-            "python -m echo_server --port 0 --impl streams",
+            "python -m echo20.server --port 0 --impl streams",
             "--ready",
             r"listening on [\d.]+:(?P<port>\d+)",
             "--clean-exit",
@@ -211,7 +211,7 @@ RUNNER_RUNS = {
     "list": Run("list", ("--list",)),
     "no-match": Run(
         "no-match",
-        ("--server-cmd", "python -m echo_server --port {port}", "-k", "no_scenario_is_named_so"),
+        ("--server-cmd", "python -m echo20.server --port {port}", "-k", "no_scenario_is_named_so"),
     ),
 }
 
@@ -370,7 +370,7 @@ def test_server_that_exits_at_start_is_one_line(
     outcome = outcome_of(outcomes, run)
     assert outcome.status == 1
     assert only_line(outcome.stderr) == (
-        f"echoverse-conformance: the server exited with status 3 before it listened on "
+        f"echo20-conformance: the server exited with status 3 before it listened on "
         f"127.0.0.1:{_unused}"
     )
 
@@ -380,7 +380,7 @@ def test_missing_program_is_one_line(outcomes: dict[str, Future[Outcome]], run: 
     outcome = outcome_of(outcomes, run)
     assert outcome.status == 1
     assert only_line(outcome.stderr).startswith(
-        "echoverse-conformance: cannot run 'no-such-program-for-echoverse': "
+        "echo20-conformance: cannot run 'no-such-program-for-echo20': "
     )
 
 
@@ -390,7 +390,7 @@ def test_server_that_dies_is_one_line(outcomes: dict[str, Future[Outcome]], run:
     assert outcome.status == 1, outcome.explain()
     # It exits at the first scenario's ``over``; the runner notices by the next one.
     assert only_line(outcome.stderr).startswith(
-        "echoverse-conformance: the server exited with status 9 during scenario message_of_size["
+        "echo20-conformance: the server exited with status 9 during scenario message_of_size["
     )
     assert len(outcome.results) <= 2, "the run stops with the server"
 
@@ -420,7 +420,7 @@ def test_keyword_matching_nothing_fails(outcomes: dict[str, Future[Outcome]], ru
     outcome = outcome_of(outcomes, run)
     assert outcome.status == 1
     assert only_line(outcome.stderr) == (
-        "echoverse-conformance: no scenario matches -k 'no_scenario_is_named_so'"
+        "echo20-conformance: no scenario matches -k 'no_scenario_is_named_so'"
     )
 
 
@@ -442,7 +442,7 @@ def test_bad_flags_exit_2(arguments: list[str], says: str) -> None:
     )
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.splitlines()
-    assert line.startswith("echoverse-conformance: error:")
+    assert line.startswith("echo20-conformance: error:")
     assert says in line
 
 
@@ -458,9 +458,7 @@ def test_server_addr_with_nothing_listening_is_one_line() -> None:
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
     [line] = done.stderr.splitlines()
-    assert line.startswith(
-        f"echoverse-conformance: nothing accepts connections on 127.0.0.1:{port}: "
-    )
+    assert line.startswith(f"echo20-conformance: nothing accepts connections on 127.0.0.1:{port}: ")
     assert "refused" in line.lower()
 
 
@@ -487,7 +485,7 @@ def test_server_addr_and_markdown(tmp_path: Path) -> None:
             check=False,
         )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[-1].startswith("echoverse-conformance: PASS: 5 passed in ")
+    assert done.stdout.splitlines()[-1].startswith("echo20-conformance: PASS: 5 passed in ")
     text = report.read_text()
     assert "| `nul_bytes[before-over]` | pass |" in text
     assert "5 passed" in text
@@ -501,11 +499,11 @@ def test_plugin_works_in_any_pytest(tmp_path: Path) -> None:
             "-m",
             "pytest",
             "-p",
-            "echoverse.conformance.plugin",
+            "echo20.conformance.plugin",
             "--pyargs",
-            "echoverse.conformance.scenarios.test_server",
+            "echo20.conformance.scenarios.test_server",
             "--server-cmd",
-            "python -m echo_server --port {port}",
+            "python -m echo20.server --port {port}",
             "-k",
             "over_closes",
             "-q",
@@ -523,7 +521,7 @@ def test_plugin_works_in_any_pytest(tmp_path: Path) -> None:
 
 
 def test_console_script_is_installed() -> None:
-    script = Path(sys.executable).parent / "echoverse-conformance"
+    script = Path(sys.executable).parent / "echo20-conformance"
     done = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
     assert done.returncode == 0
     assert "--server-cmd" in done.stdout

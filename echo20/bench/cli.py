@@ -1,0 +1,266 @@
+"""``echo20-bench``: the command line of the event-loop benchmark.
+
+Run it::
+
+    echo20-bench run                                  # every target, every loop
+    echo20-bench run --targets c,protocol --loops uvloop --connections 16 --sizes 200
+    echo20-bench run --targets protocol --rate 50%    # open loop at half its capacity
+    echo20-bench run --targets c,protocol --rates 20%,50%,80%   # latency against load
+    echo20-bench compare old/bench.json new/bench.json
+    echo20-bench idle --connections 10000             # RSS per idle connection
+    echo20-bench cold-start                           # a fresh server against a warm one
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from echo20 import cli, loops
+from echo20.bench.budgets import parse_budget
+from echo20.bench.compare import command_compare
+from echo20.bench.matrix import command_run
+from echo20.bench.measure import RAMP_TIMEOUT
+from echo20.bench.memory import command_cold_start, command_idle
+from echo20.bench.servers import command_serve_floor
+from echo20.bench.targets import DEFAULT_TARGETS, TARGETS
+from echo20.bench.units import (
+    byte_count,
+    count_list,
+    name_list,
+    parse_rate,
+    parse_size,
+    rate_list,
+    size_list,
+)
+from echo20.errors import BenchError
+
+__all__ = ["main"]
+
+PROGRAM = "echo20-bench"
+
+# Only loopback: the benchmark never listens on or connects to anything else.
+HOSTS = ("127.0.0.1", "::1")
+
+
+def loopback_host(text: str) -> str:
+    if text not in HOSTS:
+        raise argparse.ArgumentTypeError(f"loopback only: {' or '.join(HOSTS)}")
+    return text
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--targets`` and ``--loops``."""
+    available = loops.available_loops()
+    parser.add_argument(
+        "--targets",
+        type=name_list(TARGETS),
+        default=",".join(DEFAULT_TARGETS),
+        help="comma-separated targets; each runs on each of --loops (c on epoll only)",
+    )
+    parser.add_argument(
+        "--loops",
+        type=name_list(available),
+        default=",".join(available),
+        help="comma-separated event loops (the installed ones)",
+    )
+
+
+def add_matrix_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    connections: str,
+    sizes: str,
+    warmup: float,
+    duration: float,
+    repeats: int,
+) -> None:
+    add_selection_arguments(parser)
+    parser.add_argument(
+        "--connections",
+        type=count_list,
+        default=connections,
+        help="comma-separated connection counts",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=size_list,
+        default=sizes,
+        help="comma-separated message sizes in bytes; k and m suffixes work (16k, 256k, 1m)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=cli.positive_float,
+        default=warmup,
+        help="seconds of load before each measured window",
+    )
+    parser.add_argument(
+        "--duration",
+        type=cli.positive_float,
+        default=duration,
+        help="seconds of each measured window",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=cli.positive_int,
+        default=repeats,
+        help="runs per cell; the tables show medians and keep the spread",
+    )
+    parser.add_argument(
+        "--ramp-timeout",
+        type=cli.positive_float,
+        default=RAMP_TIMEOUT,
+        help="seconds for every connection's first reply; a slower target is reported too slow",
+    )
+    parser.add_argument(
+        "--max-inflight",
+        type=byte_count,
+        default="0",
+        help="leave out points whose connections x size exceeds this many bytes (0: none)",
+    )
+    add_common_arguments(parser)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host",
+        type=loopback_host,
+        default=HOSTS[0],
+        help="loopback address the servers listen on",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="directory for reports, logs and the compiled C programs",
+    )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the server and the load generator to CPUs of their own",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(
+        prog=PROGRAM,
+        description=(
+            "Benchmark every echo20 server on every event loop against a C epoll "
+            "reference, with a C load generator (closed or open loop, every reply verified)."
+        ),
+        formatter_class=cli.HelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="the matrix: throughput, latency percentiles, CPU per round trip, RSS",
+        description=(
+            "Every target at every (connections, size): a table, bench.json, bench.md, "
+            "bench.png (and sweep.png with --rates)."
+        ),
+        formatter_class=cli.HelpFormatter,
+    )
+    add_matrix_arguments(
+        run, connections="1,16,256", sizes="8,200,16384", warmup=0.5, duration=2.0, repeats=3
+    )
+    open_loop = run.add_mutually_exclusive_group()
+    open_loop.add_argument(
+        "--rate",
+        type=parse_rate,
+        help="open loop: this many round trips per second in all (20000, 20k), or a share "
+        "of each target's closed-loop rate in the same repeat (50%%); latency is counted "
+        "from when each message was due",
+    )
+    open_loop.add_argument(
+        "--rates",
+        type=rate_list,
+        help="open loop at each of these rates (10%%,50%%,90%% or 5k,10k,20k): latency "
+        "against throughput, drawn in sweep.png",
+    )
+    run.add_argument(
+        "--budget",
+        dest="budgets",
+        action="append",
+        type=parse_budget,
+        metavar="BUDGET",
+        help="a limit to check, repeatable: LABEL@CONNSxSIZE[:cpu|p50|p99|mib](<=|>=)RATIO "
+        "to the C server, e.g. protocol-uvloop@16x200<=1.3; one not met exits 1",
+    )
+    compare = commands.add_parser(
+        "compare",
+        help="NEW / OLD per cell, and whether it lies outside the repeats' spread",
+        description=(
+            "Compare two bench.json files cell by cell: the ratio of each figure and "
+            "whether the repeats' spreads overlap (noise) or not (a change)."
+        ),
+        formatter_class=cli.HelpFormatter,
+    )
+    compare.add_argument("old", type=Path, help="the earlier bench.json")
+    compare.add_argument("new", type=Path, help="the later bench.json")
+    idle = commands.add_parser(
+        "idle",
+        help="RSS per idle connection",
+        description="N connections per target, one message each, then idle: RSS per connection.",
+        formatter_class=cli.HelpFormatter,
+    )
+    add_selection_arguments(idle)
+    idle.add_argument(
+        "--connections", type=cli.positive_int, default=10_000, help="idle connections per target"
+    )
+    idle.add_argument(
+        "--size", type=parse_size, default="8", help="bytes of the one message each sends"
+    )
+    idle.add_argument(
+        "--ramp-timeout",
+        type=cli.positive_float,
+        default=120.0,
+        help="seconds to get every connection answered",
+    )
+    add_common_arguments(idle)
+    cold = commands.add_parser(
+        "cold-start",
+        help="a fresh server's CPU per round trip against one that has served a client",
+        description=command_cold_start.__doc__,
+        formatter_class=cli.HelpFormatter,
+    )
+    add_matrix_arguments(cold, connections="16", sizes="200", warmup=0.5, duration=2.0, repeats=3)
+    floor = commands.add_parser(
+        "serve-floor",
+        help="run the floor target (a bare protocol, nothing else)",
+        description="The least a Python server can do per batch on the chosen loop.",
+        formatter_class=cli.HelpFormatter,
+    )
+    cli.add_connection_arguments(floor)
+    cli.add_logging_arguments(floor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.command == "serve-floor":
+        return command_serve_floor(args, parser)
+    if cli.missing_extra(PROGRAM, "bench", ["rich", "hdrh"]):  # hdrh: hdrhistogram's module
+        return 1
+    handlers = {
+        "run": command_run,
+        "compare": command_compare,
+        "idle": command_idle,
+        "cold-start": command_cold_start,
+    }
+    try:
+        return handlers[args.command](args)
+    except BenchError as error:
+        cli.error_line(PROGRAM, str(error))
+        return 1
+    except KeyboardInterrupt:
+        cli.error_line(PROGRAM, "interrupted: every server was stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""``echo20-bench compare OLD.json NEW.json``: what changed between two runs, and
+whether it is more than noise.
+
+Cells are matched by target, connections, size and rate. For each figure (CPU per round
+trip, round trips per second, p50 and p99 latency) the ratio NEW / OLD of the two
+medians is shown, and a verdict: a change counts only when the two runs' spreads (the
+lowest to the highest repeat) do not overlap. With one repeat on either side there is
+no spread to judge by, and the verdict says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from echo20.bench import report
+from echo20.bench.environment import describe
+from echo20.bench.units import fmt, format_size
+from echo20.errors import BenchError
+
+__all__ = ["command_compare", "compare_cells", "load_result"]
+
+# Figure -> (where the median is in a cell, True when lower is better).
+FIGURES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "cpu_us_per_rt": (("cpu_us_per_rt",), True),
+    "rt_per_s": (("rt_per_s",), False),
+    "p50": (("latency_us", "p50"), True),
+    "p99": (("latency_us", "p99"), True),
+}
+FIGURE_NAMES = {"cpu_us_per_rt": "CPU µs/rt", "rt_per_s": "rt/s", "p50": "p50", "p99": "p99"}
+HEADERS = ("cell", "figure", "old", "new", "new / old", "verdict")
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    """A bench.json, or BenchError with one line saying what is wrong with it."""
+    try:
+        document: dict[str, Any] = json.loads(path.read_text())
+    except OSError as error:
+        raise BenchError(f"cannot read {path}: {error.strerror or error}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BenchError(f"{path} is not JSON: {error}") from None
+    if not isinstance(document, dict) or document.get("kind") != report.KIND:
+        raise BenchError(f"{path} is not an echo20-bench run result (bench.json)")
+    if document.get("version") != report.VERSION or "cells" not in document:
+        raise BenchError(
+            f"{path} is a version {document.get('version')} result; this echo20-bench "
+            f"reads version {report.VERSION}"
+        )
+    return document
+
+
+def cell_key(cell: dict[str, Any]) -> tuple[str, int, int, str]:
+    return (cell["label"], cell["connections"], cell["size"], cell.get("rate") or "closed")
+
+
+def describe_key(key: tuple[str, int, int, str]) -> str:
+    label, connections, size, rate = key
+    return f"{label} {connections} × {format_size(size)} {rate}"
+
+
+def figure_of(cell: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    value: Any = cell
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def verdict(old: dict[str, Any], new: dict[str, Any], figure: str, ratio: float) -> str:
+    """``better``, ``worse``, ``within noise``, or why it cannot be told."""
+    old_spread = old.get("spread", {}).get(figure)
+    new_spread = new.get("spread", {}).get(figure)
+    if old.get("repeats", 1) < 2 or new.get("repeats", 1) < 2 or not old_spread or not new_spread:
+        return "one repeat: no spread to judge by"
+    if new_spread[0] <= old_spread[1] and old_spread[0] <= new_spread[1]:
+        return "within noise"
+    lower_better = FIGURES[figure][1]
+    improved = ratio < 1 if lower_better else ratio > 1
+    return "better" if improved else "worse"
+
+
+def compare_cells(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per cell and figure measured in both runs."""
+    old_cells = {cell_key(cell): cell for cell in old["cells"]}
+    rows: list[dict[str, Any]] = []
+    for new_cell in new["cells"]:
+        key = cell_key(new_cell)
+        old_cell = old_cells.get(key)
+        if old_cell is None:
+            continue
+        if old_cell.get("error") or new_cell.get("error"):
+            rows.append(
+                {
+                    "cell": describe_key(key),
+                    "figure": "",
+                    "old": None,
+                    "new": None,
+                    "ratio": None,
+                    "verdict": "error: "
+                    + str(new_cell.get("error") or f"old run: {old_cell.get('error')}"),
+                }
+            )
+            continue
+        for figure, (path, _) in FIGURES.items():
+            before, after = figure_of(old_cell, path), figure_of(new_cell, path)
+            if not before or after is None:
+                continue
+            ratio = after / before
+            rows.append(
+                {
+                    "cell": describe_key(key),
+                    "figure": figure,
+                    "old": before,
+                    "new": after,
+                    "ratio": ratio,
+                    "verdict": verdict(old_cell, new_cell, figure, ratio),
+                }
+            )
+    return rows
+
+
+def environment_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between the two runs' environments (loop versions first)."""
+    changes: list[str] = []
+    before, after = old.get("environment", {}), new.get("environment", {})
+    for name in sorted(set(before.get("loops", {})) | set(after.get("loops", {}))):
+        a, b = before.get("loops", {}).get(name), after.get("loops", {}).get(name)
+        if a != b:
+            changes.append(f"{name}: {a or 'not in the old run'} -> {b or 'not in the new run'}")
+    for field in ("python", "kernel", "cpu_model", "governor", "pinning", "accelerator",
+                  "echo20"):  # fmt: skip
+        if before.get(field) != after.get(field):
+            changes.append(f"{field}: {before.get(field)} -> {after.get(field)}")
+    return changes
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    old, new = load_result(args.old), load_result(args.new)
+    rows = compare_cells(old, new)
+    for name, document in (("old", old), ("new", new)):
+        print(f"{name}: {args.old if name == 'old' else args.new}")
+        for line in describe(document["environment"]):
+            print(f"  {line}")
+    changes = environment_changes(old, new)
+    print("what changed: " + ("; ".join(changes) if changes else "nothing in the environment"))
+    if not rows:
+        print("no cell was measured in both runs")
+        return 1
+    table = [
+        [
+            row["cell"],
+            FIGURE_NAMES.get(row["figure"], row["figure"]),
+            fmt(row["old"]),
+            fmt(row["new"]),
+            "" if row["ratio"] is None else f"{row['ratio']:.3f}",
+            row["verdict"],
+        ]
+        for row in rows
+    ]
+    report.print_table("NEW / OLD per cell", HEADERS, group(table))
+    return 0
+
+
+def group(rows: Sequence[list[str]]) -> list[list[list[str]]]:
+    """Rows in sections, one per cell."""
+    sections: dict[str, list[list[str]]] = {}
+    for row in rows:
+        sections.setdefault(row[0], []).append(row)
+    return list(sections.values())

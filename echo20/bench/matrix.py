@@ -1,0 +1,263 @@
+"""``echo20-bench run``: every target at every point, closed loop and/or open loop."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from echo20 import runtime
+from echo20.bench import budgets as budget_checks
+from echo20.bench import charts, report
+from echo20.bench.environment import environment, load_average, loadgen_share
+from echo20.bench.measure import Load, Run, measure
+from echo20.bench.processes import Pinning, Server, choose_cpus, servers_running
+from echo20.bench.stats import Cell, add_ratios
+from echo20.bench.targets import Target, expand_targets
+from echo20.bench.tools import Tools, build_tools
+from echo20.bench.units import format_size
+
+__all__ = ["command_run", "progress_bar"]
+
+PROGRAM = "echo20-bench"
+
+
+class Status:
+    """The progress bar's handle: say what runs now, count what is done."""
+
+    def __init__(self, update: Callable[..., None]) -> None:
+        self._update = update
+
+    def now(self, description: str) -> None:
+        self._update(description=description)
+
+    def done(self, description: str) -> None:
+        self._update(advance=1, description=description)
+
+
+@contextmanager
+def progress_bar(total: int) -> Iterator[Status]:
+    """A progress bar on stderr for ``total`` steps."""
+    from functools import partial
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    # Two refreshes a second: the bar's thread must not compete with what it measures.
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        refresh_per_second=2,
+        console=Console(stderr=True),
+    ) as progress:
+        task = progress.add_task("starting servers", total=total)
+        yield Status(partial(progress.update, task))
+
+
+def matrix_points(
+    connections: Sequence[int], sizes: Sequence[int], max_inflight: int
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The (connections, size) points to run, and those over ``max_inflight`` bytes."""
+    points = [(c, size) for c in connections for size in sizes]
+    kept = [(c, size) for c, size in points if not max_inflight or c * size <= max_inflight]
+    return kept, [point for point in points if point not in kept]
+
+
+def asked_rate(rate: str, closed: Run | None) -> float | None:
+    """Round trips per second for ``rate``: as given, or its share of the closed loop's."""
+    if not rate.endswith("%"):
+        return float(rate)
+    if closed is None or closed.rt_per_s is None:
+        return None
+    return float(rate[:-1]) / 100 * closed.rt_per_s
+
+
+class Setup(NamedTuple):
+    """What every measuring command prepares before its first server starts."""
+
+    out_dir: Path
+    tools: Tools
+    pinning: Pinning
+    targets: list[Target]
+    skipped: list[str]
+    env: dict[str, Any]
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    """The output folder, the compiled C programs, the CPUs, the targets (and those that
+    cannot run, with why) and the environment, from a command's arguments."""
+    out_dir: Path = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runtime.raise_open_file_limit()
+    tools = build_tools(out_dir / "build")
+    pinning = choose_cpus(args.pin)
+    targets, skipped = expand_targets(args.targets, args.loops)
+    return Setup(out_dir, tools, pinning, targets, skipped, environment(args.loops, pinning.note))
+
+
+def command_run(args: argparse.Namespace) -> int:
+    """The matrix: every target at every (connections, size), ``repeats`` times."""
+    out_dir, tools, pinning, targets, skipped, env = prepare(args)
+    rates: list[str] = args.rates or ([args.rate] if args.rate else [])
+    closed_too = not rates or any(rate.endswith("%") for rate in rates)
+    points, left_out = matrix_points(args.connections, args.sizes, args.max_inflight)
+    modes: list[str | None] = ([None] if closed_too else []) + list(rates)
+    cells = {
+        (target, point, rate): Cell(target, *point, rate=rate)
+        for point in points
+        for target in targets
+        for rate in modes
+    }
+    failures: dict[Target, str] = {}
+    exit_statuses: dict[Target, int] = {}
+    with (
+        progress_bar(len(targets) + len(cells) * args.repeats) as status,
+        servers_running(
+            targets,
+            tools=tools,
+            host=args.host,
+            log_dir=out_dir / "logs",
+            cpu=pinning.server_cpu,
+            failures=failures,
+            exit_statuses=exit_statuses,
+        ) as servers,
+    ):
+        for target in targets:
+            status.done(f"started {target.label}")
+        # Targets inside the innermost loop: every target meets the machine's noise of
+        # the same minute, so the ratios of one cell compare like with like.
+        for repeat in range(args.repeats):
+            for point in points:
+                for target in targets:
+                    run_point(
+                        args, cells, target, point, modes, servers.get(target),
+                        failures.get(target), tools=tools, pinning=pinning, status=status,
+                        repeat=repeat,
+                    )  # fmt: skip
+    env["loadavg_end"] = load_average()
+    ordered = list(cells.values())
+    for cell in ordered:
+        cell.summarize()
+    add_ratios(ordered)
+    env["loadgen_cpu"] = loadgen_share([cell.summary for cell in ordered])
+    budgets = budget_checks.evaluate(args.budgets or [], ordered)
+    problems = list(skipped) + [f"{t.label}: did not start: {why}" for t, why in failures.items()]
+    problems += [
+        f"{t.label}: exit status {code} after SIGTERM (expected 0)"
+        for t, code in exit_statuses.items()
+        if code != 0
+    ]
+    command = shlex.join([PROGRAM, *args.argv])
+    settings = {
+        "command": command,
+        "targets": [t.label for t in targets],
+        "connections": args.connections,
+        "sizes": args.sizes,
+        "rates": rates,
+        "warmup_s": args.warmup,
+        "duration_s": args.duration,
+        "ramp_timeout_s": args.ramp_timeout,
+        "max_inflight": args.max_inflight,
+        "points_left_out": [f"{c} × {format_size(size)}" for c, size in left_out],
+        "repeats": args.repeats,
+        "host": args.host,
+    }
+    report.print_run(env, ordered, budgets, problems)
+    written = write_reports(out_dir, env, settings, ordered, budgets, problems)
+    print("wrote " + ", ".join(str(path) for path in written))
+    unmet = [b["budget"] for b in budgets if b["met"] is False]
+    for text in unmet:
+        print(f"{PROGRAM}: budget not met: {text}", file=sys.stderr)
+    # Too slow to measure is a result; a wrong reply, a crash or a failed start is not.
+    broken = failures or any(cell.failed for cell in ordered)
+    return 1 if broken or unmet else 0
+
+
+def run_point(
+    args: argparse.Namespace,
+    cells: dict[tuple[Target, tuple[int, int], str | None], Cell],
+    target: Target,
+    point: tuple[int, int],
+    modes: Sequence[str | None],
+    server: Server | None,
+    failure: str | None,
+    *,
+    tools: Tools,
+    pinning: Pinning,
+    status: Status,
+    repeat: int,
+) -> None:
+    """One repeat of one target at one point: the closed loop, then every rate."""
+    closed: Run | None = None
+    for rate in modes:
+        cell = cells[(target, point, rate)]
+        where = f"{target.label} {point[0]} × {format_size(point[1])} {rate or 'closed'}"
+        status.now(f"{where} (repeat {repeat + 1}/{args.repeats})")
+        if server is None:
+            run = Run(error=f"did not start: {failure}")
+        else:
+            per_second = None if rate is None else asked_rate(rate, closed)
+            if rate is not None and per_second is None:
+                run = Run(mode="open", error="no closed-loop rate to take a share of")
+            else:
+                load = Load(args.warmup, args.duration, args.ramp_timeout, per_second)
+                run = measure(
+                    tools, server, connections=point[0], size=point[1], load=load, pinning=pinning
+                )
+        if rate is None:
+            closed = run
+        cell.runs.append(run)
+        status.done(where)
+
+
+def write_reports(
+    out_dir: Path,
+    env: dict[str, Any],
+    settings: dict[str, Any],
+    cells: Sequence[Cell],
+    budgets: Sequence[dict[str, Any]],
+    problems: Sequence[str],
+) -> list[Path]:
+    """bench.json, bench.md and (with matplotlib) bench.png and sweep.png."""
+    json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
+    report.write_json(
+        json_path,
+        {
+            "environment": env,
+            "settings": settings,
+            "not_run": list(problems),
+            "cells": [report.cell_document(cell) for cell in cells],
+            "budgets": list(budgets),
+        },
+    )
+    report.write_markdown(
+        md_path,
+        env=env,
+        command=settings["command"],
+        cells=cells,
+        budgets=budgets,
+        problems=problems,
+    )
+    written = [json_path, md_path]
+    subtitle = f"{env['date']}, {env['cpu_model']}, {env['pinning']}"
+    for chart in (
+        charts.write_matrix_chart(out_dir / "bench.png", cells, subtitle),
+        charts.write_sweep_chart(out_dir / "sweep.png", cells, subtitle),
+    ):
+        if chart is not None:
+            written.append(chart)
+    return written

@@ -1,0 +1,104 @@
+"""What the benchmark runs: each server implementation on each event loop it supports.
+
+Targets (the same words as the command lines; labels are ``target-loop``):
+
+* ``c``: the minimal epoll server, one recv and one send per batch: the yardstick.
+* ``floor``: the least a Python server can do on the loop: a bare protocol that writes
+  each batch's reply and nothing else (``echo20-bench serve-floor``). Not a product:
+  it shows how much of a ratio to ``c`` is the event loop's own cost.
+* ``tornado``: the Tornado reference as it is (Nagle on: about 40 ms per exchange).
+* ``tornado-nodelay``: the same with ``TCP_NODELAY``, to compare CPU fairly.
+* ``streams``, ``iostream``, ``protocol``: ``echo20-server --impl NAME``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from echo20 import loops
+from echo20.servers import IMPLEMENTATIONS
+
+__all__ = ["C_LOOP", "DEFAULT_TARGETS", "TARGETS", "Target", "expand_targets", "server_argv"]
+
+TARGETS = ("c", "floor", "tornado", "tornado-nodelay", *IMPLEMENTATIONS, "protocol-pure")
+# protocol-pure is the fast path with the C accelerator turned off
+# (ECHO20_PURE_PYTHON=1): asked for by name, to see what the accelerator buys.
+DEFAULT_TARGETS = TARGETS[:-1]
+# The Tornado reference's --loop choices: Tornado drives asyncio's and uvloop's loops.
+TORNADO_LOOPS = ("asyncio", "uvloop")
+# What the C reference's ready line says instead of a Python loop's name.
+C_LOOP = "epoll"
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    """One server implementation on one event loop: ``streams`` on ``uvloop``."""
+
+    name: str
+    loop: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.loop}"
+
+
+def expand_targets(
+    names: Sequence[str], loop_names: Sequence[str]
+) -> tuple[list[Target], list[str]]:
+    """Every requested target on every requested loop it runs on, and, for each pair left
+    out, ``label: why`` (every report prints these: nothing is left out silently)."""
+    targets: list[Target] = []
+    skipped: list[str] = []
+    for name in names:
+        if name == "c":
+            targets.append(Target("c", C_LOOP))
+            continue
+        if name.startswith("tornado") and importlib.util.find_spec("tornado") is None:
+            skipped.append(f"{name}: Tornado is not installed (pip install 'echo20[tornado]')")
+            continue
+        for loop in loop_names:
+            if name.startswith("tornado") and loop not in TORNADO_LOOPS:
+                why = f"the Tornado reference runs on {' and '.join(TORNADO_LOOPS)} only"
+                if loop.startswith("aiofastnet-"):
+                    # Tornado reads and writes its sockets itself, not through transports.
+                    why += " (it uses no asyncio transports: on aiofastnet it is its base loop)"
+                skipped.append(f"{name}-{loop}: {why}")
+                continue
+            targets.append(Target(name, loop))
+    return targets, skipped
+
+
+def server_argv(target: Target, host: str, c_server: str) -> list[str]:
+    """The command line that starts ``target`` on a free port of ``host``."""
+    if target.name == "c":
+        return [c_server, "--host", host, "--port", "0"]
+    python = sys.executable
+    # Warnings only: per-connection log lines would be measured as server work.
+    common = ["--host", host, "--port", "0", "--loop", target.loop, "--log-level", "warning"]
+    if target.name == "tornado":
+        return [python, "-m", "echo20.reference.tornado_server", *common]
+    if target.name == "tornado-nodelay":
+        return [python, "-m", "echo20.reference.tornado_server", *common, "--nodelay"]
+    if target.name == "floor":
+        return [python, "-m", "echo20.bench", "serve-floor", *common]
+    if target.name == "protocol-pure":
+        # env(1) execs the server in place: the process measured is the server itself.
+        return [
+            "env",
+            "ECHO20_PURE_PYTHON=1",
+            python,
+            "-m",
+            "echo20.server",
+            *common,
+            "--impl",
+            "protocol",
+        ]
+    return [python, "-m", "echo20.server", *common, "--impl", target.name]
+
+
+def loop_choices() -> list[str]:
+    """The loops a run may name: the installed ones."""
+    return loops.available_loops()

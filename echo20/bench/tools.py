@@ -1,0 +1,76 @@
+"""The benchmark's two C programs, shipped as sources and compiled on first use.
+
+``c_loadgen.c`` is the load generator, ``c_echo_server.c`` the C reference server. They
+travel inside the package (package data), so an installed ``echo20-bench`` finds them
+wherever site-packages is; each binary's name carries a hash of its source, so an
+edited source is rebuilt and a stale binary never runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from echo20.errors import BenchError
+
+__all__ = ["Tools", "build_tools"]
+
+# Seconds to compile one program (a few on a quiet machine).
+COMPILE_TIMEOUT = 120.0
+SOURCES = ("c_echo_server", "c_loadgen")
+
+
+@dataclass(frozen=True)
+class Tools:
+    """The compiled C programs."""
+
+    server: Path
+    loadgen: Path
+
+
+def source_text(name: str) -> bytes:
+    """The C source ``name`` (without ``.c``) from the installed package."""
+    return resources.files("echo20.bench").joinpath(f"{name}.c").read_bytes()
+
+
+def build_tools(build_dir: Path) -> Tools:
+    """Compile the C server and load generator unless this exact source is built already.
+
+    Raises BenchError with one line when there is no compiler or a build fails.
+    """
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise BenchError(
+            f"no C compiler ({compiler} not found): the load generator and the C reference "
+            "are compiled on first use; install one (Debian: apt-get install gcc) or set CC"
+        )
+    build_dir.mkdir(parents=True, exist_ok=True)
+    built: dict[str, Path] = {}
+    for name in SOURCES:
+        text = source_text(name)
+        digest = hashlib.sha256(text).hexdigest()[:12]
+        binary = build_dir / f"{name}-{digest}"
+        if not binary.exists():
+            # The source is written out next to its binary: the package may be a zip.
+            source = build_dir / f"{name}-{digest}.c"
+            source.write_bytes(text)
+            # Built under a temporary name and renamed, so two runs never see half a binary.
+            partial = binary.with_suffix(f".{os.getpid()}.tmp")
+            command = [compiler, "-O2", "-Wall", "-o", str(partial), str(source)]
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT, check=False
+            )
+            if result.returncode != 0:
+                error = result.stderr.strip().splitlines()
+                raise BenchError(
+                    f"{shlex.join(command)} failed: {error[0] if error else 'no message'}"
+                )
+            partial.replace(binary)
+        built[name] = binary
+    return Tools(server=built["c_echo_server"], loadgen=built["c_loadgen"])

@@ -1,0 +1,128 @@
+"""echo20's own implementations as conformance targets, run as any other would be.
+
+``make test`` (``tests/conformance/``) and ``make compare`` (``tools/compare.py``) run
+``echo20-conformance`` once per target with :meth:`Target.runner_arguments`: the
+same entry point and flags an outside implementation uses. A target id says which
+implementation on which event loop, in the words the CLIs and the benchmark use
+(``tornado``, ``streams``, ``iostream``, ``protocol``; ``asyncio``, ``uvloop``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from echo20.servers import IMPLEMENTATIONS
+
+__all__ = ["CLIENT_TARGETS", "SEED_TARGETS", "SERVER_TARGETS", "Target", "missing_packages"]
+
+# How long our own clients wait for a reply in the client scenarios: the stalled-reply
+# scenario waits this long, and the suite's timeout must be longer.
+CLIENT_TIMEOUT = 2
+
+# How each of our implementations is described in the target list.
+ABOUT = {
+    "streams": "the seed's loop on asyncio streams",
+    "iostream": "the seed's loop on the asyncio IOStream",
+    "protocol": "the fast path (an asyncio Protocol)",
+}
+
+
+def missing_packages(names: tuple[str, ...]) -> list[str]:
+    """The packages of ``names`` this interpreter cannot import."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One implementation: a server or client command (``{port}`` filled in by the runner)."""
+
+    id: str
+    kind: str
+    command: str
+    about: str
+    # Packages it needs beyond the standard library (the test extras have them).
+    requires: tuple[str, ...] = ()
+    # How reports show the command, when the real one is only plumbing.
+    shown: str = ""
+    # A server that must exit 0 on SIGTERM with no traceback (the CLI convention of
+    # echo20's servers; the seed's dies of the signal, as most servers do).
+    clean_exit: bool = True
+
+    def missing(self) -> list[str]:
+        """The required packages this interpreter cannot import."""
+        return missing_packages(self.requires)
+
+    def runner_arguments(self) -> list[str]:
+        """What ``echo20-conformance`` needs to test it, reports named by its id."""
+        if self.kind == "client":
+            return ["--client-cmd", self.command, "--name", self.id]
+        clean = ["--clean-exit"] if self.clean_exit else []
+        return ["--server-cmd", self.command, *clean, "--name", self.id]
+
+
+def _server(impl: str, loop: str, about: str) -> Target:
+    if impl == "tornado":
+        command = f"python -m echo20.reference.tornado_server --port {{port}} --loop {loop}"
+        requires: tuple[str, ...] = ("tornado",)
+    else:
+        command = f"python -m echo20.server --port {{port}} --loop {loop} --impl {impl}"
+        requires = ()
+    if loop == "uvloop":
+        requires += ("uvloop",)
+    return Target(f"{impl}-{loop}", "server", command, f"{about}, {loop}", requires)
+
+
+SERVER_TARGETS: tuple[Target, ...] = (
+    _server("tornado", "asyncio", "the seed's server on Tornado 6 (the reference)"),
+    _server("tornado", "uvloop", "the seed's server on Tornado 6 (the reference)"),
+    *(
+        _server(impl, loop, f"the port: {ABOUT[impl]}")
+        for impl in IMPLEMENTATIONS
+        for loop in ("asyncio", "uvloop")
+    ),
+)
+
+CLIENT_TARGETS: tuple[Target, ...] = (
+    Target(
+        "echo-client",
+        "client",
+        f"python -m echo20.client --port {{port}} --timeout {CLIENT_TIMEOUT}",
+        "the port's client",
+    ),
+    Target(
+        "tornado-client",
+        "client",
+        f"python -m echo20.reference.tornado_client --port {{port}} --timeout {CLIENT_TIMEOUT}",
+        "the seed's client on Tornado 6, reading whole replies",
+        ("tornado",),
+    ),
+)
+
+# The seed's own server and client, ported to Python 3 as they are (``examples/seed/``
+# in a checkout; run from there). The server takes no flags and listens on 8888; here it
+# is started through its ``main(port, address)`` on a free loopback port, so that a
+# server someone left on 8888 cannot get in the way.
+_SEED_SERVER = (
+    "python -c \"import sys; sys.path.insert(0, 'examples/seed'); import tcp_server; "
+    "tcp_server.main({port}, '127.0.0.1')\""
+)
+
+SEED_TARGETS: tuple[Target, ...] = (
+    Target(
+        "seed-server",
+        "server",
+        _SEED_SERVER,
+        "the seed's tcp_server.py, ported as is (prints nothing, takes no flags)",
+        ("tornado",),
+        shown="python examples/seed/tcp_server.py",
+        clean_exit=False,
+    ),
+    Target(
+        "seed-client",
+        "client",
+        "python examples/seed/tcp_client.py {port}",
+        "the seed's tcp_client.py, ported as is, its defects kept",
+        ("tornado",),
+    ),
+)
