@@ -2,7 +2,9 @@
 
     Echo20Error
     ├── StreamClosedError        a read or write on a closed stream (also an OSError,
-    │                            as Tornado's is an IOError); real_error says why
+    │   │                        as Tornado's is an IOError); real_error says why
+    │   └── ConnectTimeoutError  TCPClient.connect(timeout=) expired; also a
+    │                            TimeoutError, as Tornado raises
     ├── UnsatisfiableReadError   a read's max_bytes was exceeded (seen as real_error)
     ├── StreamBufferFullError    a read needed more than max_buffer_size
     ├── ProtocolError            the peer's bytes are not a valid double reply
@@ -25,6 +27,7 @@ __all__ = [
     "BenchError",
     "ClientError",
     "ConformanceError",
+    "ConnectTimeoutError",
     "Echo20Error",
     "LoopUnavailableError",
     "ProtocolError",
@@ -56,6 +59,23 @@ class StreamClosedError(Echo20Error, OSError):
         if self.real_error is None:
             return "Stream is closed"
         return f"Stream is closed ({describe_error(self.real_error)})"
+
+
+class ConnectTimeoutError(StreamClosedError, TimeoutError):
+    """A connect that did not finish within its ``timeout``.
+
+    Tornado's ``TCPClient.connect`` raises a ``TimeoutError`` with a message that says
+    where it stopped (``Timeout during TLS handshake with 127.0.0.1:8888``); this is
+    one, with that message, and also the :class:`StreamClosedError` every other failed
+    connect here raises, whose ``real_error`` is a ``TimeoutError`` with the same words.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(real_error=TimeoutError(message))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class UnsatisfiableReadError(Echo20Error):

@@ -43,8 +43,8 @@ import logging
 import re
 import socket
 import sys
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 from echo20.errors import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
 from echo20.netutil import (
@@ -62,6 +62,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("echo20.iostream")
+
+_T = TypeVar("_T")
+# For annotations inside IOStream, whose ``socket`` attribute hides the module there.
+_Socket = socket.socket
 
 # Tornado's defaults: 64 KiB per socket read, and 100 MiB of buffered input at most for a
 # read that waits for a delimiter or the end of stream.
@@ -84,18 +88,26 @@ class IOStream(asyncio.BufferedProtocol):
     """A TCP (or Unix socket) connection with Tornado's read and write methods.
 
     Streams come from :meth:`TCPClient.connect` or are handed to
-    :meth:`TCPServer.handle_stream`; they are not made directly. Example::
+    :meth:`TCPServer.handle_stream`. Example::
 
         stream = await TCPClient().connect("127.0.0.1", 8888)
         await stream.write(b"hello")
         reply = await stream.read_bytes(10)
         stream.close()
 
-    Only one read may be in progress at a time, as in Tornado.
+    As in Tornado, a stream may also be made from a socket: ``IOStream(sock)`` takes
+    over a connected socket (one from ``accept()``), and for one not yet connected
+    :meth:`connect` connects it. Reads and writes made before the connection is up wait
+    for it.
+
+    Each read starts when it is called and returns a future (``fut =
+    stream.read_bytes(5)``; the bytes that arrive from then on are its own, awaited or
+    not). Only one read may be in progress at a time, as in Tornado.
     """
 
     def __init__(
         self,
+        socket: _Socket | None = None,
         *,
         max_buffer_size: int | None = None,
         read_chunk_size: int | None = None,
@@ -115,6 +127,7 @@ class IOStream(asyncio.BufferedProtocol):
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
+        self._socket = socket
         self._read_buffer = bytearray()
         # Where later receives start, as offsets in the whole stream: Tornado reads the
         # socket only when its buffer cannot satisfy a read, so bytes that arrive while
@@ -122,9 +135,23 @@ class IOStream(asyncio.BufferedProtocol):
         # bytes from two batches. _consumed is the stream offset of the buffer's start.
         self._batch_starts: collections.deque[int] = collections.deque()
         self._consumed = 0
-        self._reading = False
-        self._read_waiter: asyncio.Future[None] | None = None
-        self._wake_size = 0
+        # The read in progress, as in Tornado: its future and what completes it. A
+        # future already done here is a read its caller cancelled; it is forgotten.
+        self._read_future: asyncio.Future[Any] | None = None
+        self._read_bytes: int | None = None
+        self._read_partial = False
+        self._read_delimiter: bytes | None = None
+        self._read_regex: re.Pattern[bytes] | None = None
+        self._read_max_bytes: int | None = None
+        self._read_until_close = False
+        # read_into: the caller's buffer and how much of it is filled. Only the object is
+        # kept, never a view of it, so the caller may resize it once the read is over.
+        self._read_into: Any = None
+        self._read_into_size = 0
+        self._read_into_filled = 0
+        # Where the next delimiter search starts (the buffer only grows while a read
+        # waits, so each search resumes where the last could have missed a delimiter).
+        self._scan_from = 0
         self._paused_reading = False
         self._eof = False
         self._connection_lost = False
@@ -136,14 +163,87 @@ class IOStream(asyncio.BufferedProtocol):
         self._write_pending: list[bytes] = []
         self._write_pending_size = 0
         self._flush_scheduled = False
-        self._paused_writing = False
+        # Until the connection is up, writes wait (as they do while the transport is
+        # above its high-water mark): connection_made resumes them.
+        self._paused_writing = True
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._write_done: asyncio.Future[None] | None = None
         self._lost_waiter: asyncio.Future[None] | None = None
+        self._connect_future: asyncio.Future[IOStream] | None = None
+        self._connecting: asyncio.Task[None] | None = None
 
         self._close_callback: Callable[[], None] | None = None
         self.bytes_read = 0
         self.bytes_written = 0
+
+        if socket is not None:
+            # Tornado's IOStream(socket): made inside the event loop, or before it runs
+            # (then on the loop that will run it).
+            self._loop = asyncio.get_event_loop()
+            try:
+                socket.getpeername()
+            except OSError:
+                return  # not connected yet: connect() does it
+            self._connecting = self._loop.create_task(self._take_over(socket))
+
+    @property
+    def socket(self) -> Any:
+        """The connection's socket (``None`` before there is one), as Tornado's attribute.
+
+        For a stream made by a server or a client this is the transport's socket object
+        (asyncio's ``TransportSocket``, which forbids reading and writing behind the
+        transport's back)."""
+        if self._socket is not None:
+            return self._socket
+        return self.get_extra_info("socket")
+
+    def connect(self, address: Any, server_hostname: str | None = None) -> asyncio.Future[IOStream]:
+        """Connect the socket this stream was made with to ``address``, as Tornado's.
+
+        Returns a future that resolves to the stream once connected; reads and writes
+        may start before. A failure closes the stream: the future raises
+        :class:`StreamClosedError` and :attr:`error` holds the cause (a
+        ``ConnectionRefusedError``, a ``socket.gaierror``...). ``server_hostname`` is
+        accepted for Tornado's signature; TLS is :meth:`TCPClient.connect`'s.
+        """
+        sock = self._socket
+        if sock is None:
+            raise ValueError("connect() needs a stream made with a socket: IOStream(sock)")
+        if self._loop is None:
+            self._loop = asyncio.get_event_loop()
+        future = self._connect_future = self._loop.create_future()
+        self._connecting = self._loop.create_task(self._connect(sock, address))
+        return future
+
+    async def _connect(self, sock: _Socket, address: Any) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except Exception as error:
+            self._connecting = None
+            sock.close()
+            self.close(error)
+            return
+        await self._take_over(sock)
+
+    async def _take_over(self, sock: _Socket) -> None:
+        """Make a transport for the connected ``sock``, with this stream its protocol."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: self, sock)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except Exception as error:
+            self._connecting = None
+            sock.close()
+            self.close(error)
+            return
+        self._connecting = None
 
     # --- asyncio protocol callbacks --------------------------------------------------
 
@@ -151,6 +251,11 @@ class IOStream(asyncio.BufferedProtocol):
         # uvloop's and rloop's transports do not subclass asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
         loop = self._loop = asyncio.get_running_loop()
+        if self._closed:
+            # Closed while the connection was being made (Tornado's close() while
+            # connecting closes the socket).
+            transport.close()
+            return
         # Writes that need not wait all return this one resolved future.
         self._write_done = loop.create_future()
         self._write_done.set_result(None)
@@ -158,6 +263,15 @@ class IOStream(asyncio.BufferedProtocol):
         if self._recv_buffer is None:
             self._recv_buffer = bytearray(self.read_chunk_size)
         self._recv_view = memoryview(self._recv_buffer)
+        connected = self._connect_future
+        if connected is not None:
+            # Resolved before the writes made while connecting, as in Tornado.
+            self._connect_future = None
+            if not connected.done():
+                connected.set_result(self)
+        if self._write_pending:
+            self._flush()
+        self.resume_writing()
         if self._on_connect is not None:
             on_connect, self._on_connect = self._on_connect, None
             on_connect(self)
@@ -171,32 +285,45 @@ class IOStream(asyncio.BufferedProtocol):
         if self._lingering:
             return
         buffer = self._read_buffer
-        waiter = self._read_waiter
-        if buffer and (waiter is None or waiter.done()):
-            # Tornado would not have read these yet (see _batch_starts).
-            self._batch_starts.append(self._consumed + len(buffer))
+        future = self._read_future
+        if future is None or future.done():
+            if buffer:
+                # Tornado would not have read these yet (see _batch_starts).
+                self._batch_starts.append(self._consumed + len(buffer))
+            buffer += self._recv_view[:nbytes]
+            self.bytes_read += nbytes
+            if len(buffer) >= self._read_high_water:
+                # Nobody is reading: uvloop reads a socket up to 32 times per event and
+                # TLS hands up whole records, so without this one loop turn could buffer
+                # megabytes, and a later reader then hold the loop for seconds working
+                # through them (seen at shutdown).
+                self._pause_reading()
+            return
         buffer += self._recv_view[:nbytes]
         self.bytes_read += nbytes
-        if waiter is not None and not waiter.done():
-            # Past max_buffer_size the waiting read decides: it completes if it can,
-            # or fails with StreamBufferFullError. (Never raise here: on rloop an
-            # exception from a protocol callback aborts the process.)
-            if len(buffer) >= self._wake_size or len(buffer) > self.max_buffer_size:
-                waiter.set_result(None)
-        elif len(buffer) >= self._read_high_water:
-            # Nobody is reading, or the woken reader has not run yet: uvloop reads a
-            # socket up to 32 times per event and TLS hands up whole records, so
-            # without this one loop turn could buffer megabytes, and the reader then
-            # hold the loop for seconds working through them (seen at shutdown).
-            self._pause_reading()
+        num_bytes = self._read_bytes
+        if self._read_partial and num_bytes is not None and self._read_into is None:
+            # The seed's read, waiting on an empty buffer: this batch is its answer.
+            # Spelled out, as it runs once per batch the servers receive.
+            self._read_future = self._read_bytes = None
+            self._read_partial = False
+            future.set_result(self._consume(min(num_bytes, len(buffer))))
+            return
+        # Never raise here: on rloop an exception from a protocol callback aborts the
+        # process. Past max_buffer_size the waiting read decides: it completes if it
+        # can, or fails with StreamBufferFullError.
+        self._continue_read(arrived=True)
 
     def eof_received(self) -> bool:
         self._eof = True
         if self._lingering and self._transport is not None:
             self._transport.close()
             return True
-        self._wake_reader()
-        if not self._read_buffer and not self._reading and not self.writing():
+        if self.reading():
+            # The read waiting cannot be satisfied (it would have been): Tornado sees the
+            # end of stream here, and closes.
+            self.close()
+        elif not self._read_buffer and not self.writing():
             # Tornado listens for the end of stream while a connection is idle and
             # closes it (running the close callback) as soon as the peer has gone.
             self.close()
@@ -212,10 +339,12 @@ class IOStream(asyncio.BufferedProtocol):
             self.error = exc
         self._write_pending.clear()
         self._write_pending_size = 0
-        self._wake_reader()
-        self._fail_drain_waiters()
-        if not self._closed and not self._read_buffer and not self._reading:
-            self._mark_closed()
+        if self.reading():
+            self.close()
+        else:
+            self._fail_drain_waiters()
+            if not self._closed and not self._read_buffer:
+                self._mark_closed()
         if self._lost_waiter is not None and not self._lost_waiter.done():
             self._lost_waiter.set_result(None)
 
@@ -231,178 +360,218 @@ class IOStream(asyncio.BufferedProtocol):
 
     # --- reading --------------------------------------------------------------------
 
-    async def read_bytes(self, num_bytes: int, partial: bool = False) -> bytes:
-        """Read ``num_bytes`` bytes; with ``partial``, 1 to ``num_bytes`` as soon as any arrive."""
+    def read_bytes(self, num_bytes: int, partial: bool = False) -> Awaitable[bytes]:
+        """Read ``num_bytes`` bytes; with ``partial``, 1 to ``num_bytes`` as soon as any arrive.
+
+        Raises :class:`StreamClosedError` at once on a closed stream whose buffer
+        cannot satisfy the read, as Tornado's does.
+        """
         buffer = self._read_buffer
         size = len(buffer)
-        if size and (partial or size >= num_bytes) and not self._reading:
-            # The common case, served without a trip through the event loop, inline
-            # because the seed's server calls this once per 20-byte chunk.
+        if (size >= num_bytes or (partial and size)) and self._read_future is None:
+            # Served from the buffer at once: the common case, inline because the
+            # seed's server calls this once per 20-byte chunk.
             if partial and self._batch_starts:
                 size = self._batch_starts[0] - self._consumed
             if size > num_bytes:
                 size = num_bytes
             if size < len(buffer) and not self._batch_starts and not self._paused_reading:
                 # _consume's usual case, spelled out: this is the hottest line of the
-                # streams server (two small copies beat a memoryview here).
+                # iostream server (two small copies beat a memoryview here).
                 data = bytes(buffer[:size])
                 del buffer[:size]
                 self._consumed += size
-                return data
-            return self._consume(size)
-        needed = min(num_bytes, 1) if partial else num_bytes
-        # _read's loop, spelled out for the one read the seed's loop waits in once per
-        # batch: no closure and one coroutine frame less.
-        self._start_read()
-        try:
-            while True:
-                size = len(self._read_buffer)
-                if size >= needed:
-                    if partial and self._batch_starts:
-                        size = self._batch_starts[0] - self._consumed
-                    return self._consume(min(num_bytes, size))
-                self._check_readable()
-                await self._wait_for_data(needed)
-        finally:
-            self._reading = False
+                return _READY(data)
+            return _READY(self._consume(size))
+        future = self._start_read()
+        self._read_bytes = num_bytes
+        self._read_partial = partial
+        self._continue_read()
+        return future
 
-    async def read_until(self, delimiter: bytes, max_bytes: int | None = None) -> bytes:
+    def read_into(self, buf: Any, partial: bool = False) -> Awaitable[int]:
+        """Fill the writable buffer ``buf``; the future gives how many bytes it got.
+
+        Without ``partial`` that is ``len(buf)``; with it, 1 or more, as soon as any
+        arrive. Bytes already buffered are copied into ``buf`` at once.
+        """
+        future = self._start_read()
+        with memoryview(buf) as view:
+            self._read_into_size = view.nbytes
+        self._read_into = buf
+        self._read_into_filled = 0
+        self._read_partial = partial
+        self._continue_read()
+        return future
+
+    def read_until(self, delimiter: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
         """Read up to and including ``delimiter``.
 
         With ``max_bytes``, a delimiter that does not end within that many bytes closes
         the stream, and the read raises ``StreamClosedError`` whose ``real_error`` is an
         :class:`UnsatisfiableReadError`.
         """
-        # The buffer only grows while this read waits, so each search resumes where the
-        # last one could still have missed a delimiter that straddles new bytes.
-        scan_from = 0
+        future = self._start_read()
+        self._read_delimiter = delimiter
+        self._read_max_bytes = max_bytes
+        self._scan_from = 0
+        self._continue_read()
+        return future
 
-        def find() -> int | None:
-            nonlocal scan_from
-            buffer = self._read_buffer
-            if not buffer:
-                # Tornado searches only a non-empty buffer (an empty delimiter waits).
-                return None
-            location = buffer.find(delimiter, scan_from)
-            if location != -1:
-                end = location + len(delimiter)
-                _check_max_bytes(delimiter, end, max_bytes)
-                return end
-            _check_max_bytes(delimiter, len(buffer), max_bytes)
-            scan_from = max(0, len(buffer) - len(delimiter) + 1)
-            return None
-
-        return await self._read(find, 1, grows=True)
-
-    async def read_until_regex(
+    def read_until_regex(
         self, regex: bytes | re.Pattern[bytes], max_bytes: int | None = None
-    ) -> bytes:
+    ) -> Awaitable[bytes]:
         """Read up to and including the first match of ``regex`` (``max_bytes`` as above)."""
-        pattern = re.compile(regex)
+        future = self._start_read()
+        self._read_regex = re.compile(regex)
+        self._read_max_bytes = max_bytes
+        self._continue_read()
+        return future
 
-        def find() -> int | None:
-            buffer = self._read_buffer
-            if not buffer:
-                # As Tornado: a pattern that matches the empty string waits for a byte.
-                return None
-            match = pattern.search(buffer)
-            if match is not None:
-                _check_max_bytes(pattern.pattern, match.end(), max_bytes)
-                return match.end()
-            _check_max_bytes(pattern.pattern, len(buffer), max_bytes)
-            return None
-
-        return await self._read(find, 1, grows=True)
-
-    async def read_until_close(self) -> bytes:
+    def read_until_close(self) -> Awaitable[bytes]:
         """Read everything until the peer closes; a reset counts as a close, as in Tornado."""
+        future = self._start_read()
         if self._closed:
-            return self._consume(len(self._read_buffer))
-        self._start_read()
-        try:
-            while not (self._closed or self._eof or self._connection_lost):
-                if self._buffer_overflowing():
-                    break
-                await self._wait_for_data(_WAKE_ONLY_AT_END)
-        finally:
-            self._reading = False
-        if self.error is not None and not is_connection_reset(self.error):
-            self.close()
-            raise StreamClosedError(real_error=self.error)
-        self.close()
-        return self._consume(len(self._read_buffer))
+            self._finish_read(len(self._read_buffer))
+            return future
+        self._read_until_close = True
+        self._continue_read()
+        return future
 
-    async def _read(
-        self, find: Callable[[], int | None], wake_size: int, grows: bool = False
-    ) -> bytes:
-        """Wait until ``find`` returns a position in the buffer, then consume up to it.
+    def _start_read(self) -> asyncio.Future[Any]:
+        future = self._read_future
+        if future is not None and not future.done():
+            if self._closed:
+                raise StreamClosedError(real_error=self.error)
+            raise RuntimeError("Already reading")
+        if self._loop is None:
+            self._loop = asyncio.get_event_loop()
+        future = self._read_future = self._loop.create_future()
+        return future
 
-        ``wake_size`` is how many buffered bytes are worth a look; ``grows`` means every
-        new byte is (delimiter searches).
+    def _continue_read(self, arrived: bool = False) -> None:
+        """Complete the read in progress from the buffer if it can be; else fail it if no
+        more bytes can come, or wait for them.
+
+        ``arrived``: bytes just came from the transport (Tornado's "error on read" case).
         """
-        self._start_read()
         try:
-            while True:
-                try:
-                    position = find()
-                except UnsatisfiableReadError as error:
-                    log.info("Unsatisfiable read, closing connection: %s", error)
-                    self.close(error)
-                    raise StreamClosedError(real_error=self.error) from error
-                if position is not None:
-                    return self._consume(position)
-                self._check_readable()
-                await self._wait_for_data(len(self._read_buffer) + 1 if grows else wake_size)
-        finally:
-            self._reading = False
-
-    def _check_readable(self) -> None:
-        """Raise for a read the buffered bytes cannot satisfy, if no more can come."""
-        if self._closed or self._eof or self._connection_lost:
+            position = self._find_read_position()
+        except UnsatisfiableReadError as error:
+            log.info("Unsatisfiable read, closing connection: %s", error)
+            self.close(error)
+            return
+        if position is not None:
+            self._finish_read(position)
+            return
+        if self._closed:
+            # Tornado raises at once for a read on a closed stream the buffer cannot
+            # satisfy (the future is forgotten; nobody will ask it).
+            future, self._read_future = self._read_future, None
+            self._clear_read()
+            if future is not None:
+                future.cancel()
+            raise StreamClosedError(real_error=self.error)
+        if self._eof or self._connection_lost:
             # The end of stream, seen (as in Tornado) only once the buffered bytes
             # cannot satisfy the read. They stay buffered for reads that fit.
             self.close()
-            raise StreamClosedError(real_error=self.error)
-        if self._buffer_overflowing():
-            raise StreamClosedError(real_error=self.error)
-
-    def _buffer_overflowing(self) -> bool:
-        """Close with StreamBufferFullError if a read waits on more than max_buffer_size.
-
-        Tornado checks after each socket read of at most 64 KiB (or max_buffer_size / 2),
-        before it looks at the bytes, so a read completed by the very bytes that overflow
-        fails there; here the read gets to look first (asyncio hands over bigger batches).
-        """
-        if len(self._read_buffer) <= self.max_buffer_size:
-            return False
-        log.error("Reached maximum read buffer size")
-        self.close(StreamBufferFullError("Reached maximum read buffer size"))
-        return True
-
-    def _start_read(self) -> None:
-        if self._reading:
-            raise RuntimeError("Already reading")
-        self._reading = True
-
-    async def _wait_for_data(self, wake_size: int) -> None:
-        assert self._loop is not None
-        self._wake_size = wake_size
+            return
+        if len(self._read_buffer) > self.max_buffer_size:
+            # Tornado checks after each socket read (at most 64 KiB, or max_buffer_size /
+            # 2), before it looks at the bytes, so a read completed by the very bytes
+            # that overflow fails there; here the read gets to look first (asyncio hands
+            # over bigger batches).
+            full = StreamBufferFullError("Reached maximum read buffer size")
+            log.error("Reached maximum read buffer size")
+            if arrived:
+                log.warning("error on read: %s", full)
+            self.close(full)
+            return
         if self._paused_reading:
             self._resume_reading()
         if self._write_pending:
             # Nothing more to answer until bytes arrive: send the replies now rather
             # than at the end of the loop turn.
             self._flush()
-        waiter = self._read_waiter = self._loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._read_waiter = None
 
-    def _wake_reader(self) -> None:
-        waiter = self._read_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _find_read_position(self) -> int | None:
+        """How many buffered bytes complete the read in progress, or None if they cannot.
+
+        For ``read_into`` this moves what it can into the caller's buffer first.
+        """
+        buffer = self._read_buffer
+        if self._read_into is not None:
+            return self._fill_read_into()
+        num_bytes = self._read_bytes
+        if num_bytes is not None:
+            size = len(buffer)
+            if size >= num_bytes:
+                if self._read_partial and self._batch_starts:
+                    return min(num_bytes, self._batch_starts[0] - self._consumed)
+                return num_bytes
+            if self._read_partial and size:
+                if self._batch_starts:
+                    return self._batch_starts[0] - self._consumed
+                return size
+            return None
+        if not buffer:
+            # Tornado searches only a non-empty buffer: an empty delimiter, or a pattern
+            # that matches the empty string, waits for a byte.
+            return None
+        max_bytes = self._read_max_bytes
+        delimiter = self._read_delimiter
+        if delimiter is not None:
+            location = buffer.find(delimiter, self._scan_from)
+            if location != -1:
+                end = location + len(delimiter)
+                _check_max_bytes(delimiter, end, max_bytes)
+                return end
+            _check_max_bytes(delimiter, len(buffer), max_bytes)
+            self._scan_from = max(0, len(buffer) - len(delimiter) + 1)
+            return None
+        pattern = self._read_regex
+        if pattern is not None:
+            match = pattern.search(buffer)
+            if match is not None:
+                _check_max_bytes(pattern.pattern, match.end(), max_bytes)
+                return match.end()
+            _check_max_bytes(pattern.pattern, len(buffer), max_bytes)
+        # read_until_close: complete only at the end (close() does it).
+        return None
+
+    def _fill_read_into(self) -> int | None:
+        """Move buffered bytes into read_into's buffer; its size once the read is done."""
+        buffer = self._read_buffer
+        wanted = self._read_into_size - self._read_into_filled
+        size = min(wanted, len(buffer))
+        if size and self._read_partial and self._batch_starts:
+            size = min(size, self._batch_starts[0] - self._consumed)
+        if size:
+            start = self._read_into_filled
+            with memoryview(self._read_into) as view, view.cast("B") as target:
+                target[start : start + size] = buffer[:size]
+            self._read_into_filled += size
+            self._consume(size)
+        filled = self._read_into_filled
+        if filled == self._read_into_size or (self._read_partial and filled):
+            return filled
+        return None
+
+    def _finish_read(self, size: int) -> None:
+        """Complete the read in progress: ``size`` bytes from the buffer (a count for
+        ``read_into``)."""
+        future, self._read_future = self._read_future, None
+        result: bytes | int = size if self._read_into is not None else self._consume(size)
+        self._clear_read()
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    def _clear_read(self) -> None:
+        self._read_bytes = self._read_delimiter = self._read_regex = None
+        self._read_max_bytes = None
+        self._read_partial = self._read_until_close = False
+        self._read_into = None
 
     def _consume(self, size: int) -> bytes:
         buffer = self._read_buffer
@@ -476,7 +645,8 @@ class IOStream(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending = self._write_pending
-        if not pending:
+        if not pending or self._transport is None:
+            # (Not connected yet: connection_made sends them.)
             return
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
@@ -501,23 +671,68 @@ class IOStream(asyncio.BufferedProtocol):
         if callback is not None and self._closed:
             self._run_close_callback()
 
-    def close(self, exc_info: BaseException | None = None) -> None:
+    def close(
+        self,
+        exc_info: BaseException
+        | bool
+        | tuple[type[BaseException] | None, BaseException | None, Any]
+        | None = None,
+    ) -> None:
         """Close the stream: queued writes still go out, then the connection closes.
 
         ``exc_info`` becomes :attr:`error`, the ``real_error`` later reads and writes
-        report. On a stream already closed this does nothing: the first reason sticks,
-        as in Tornado (a ``max_bytes`` overrun found after the end of stream reports
-        ``real_error`` None, not the overrun).
+        report (as in Tornado, ``True`` means the exception being handled, and a
+        ``sys.exc_info()`` tuple its exception). On a stream already closed this does
+        nothing: the first reason sticks, as in Tornado (a ``max_bytes`` overrun found
+        after the end of stream reports ``real_error`` None, not the overrun).
+
+        A read in progress completes if the buffered bytes satisfy it, and otherwise
+        fails with :class:`StreamClosedError`; a ``read_until_close()`` gets the buffered
+        bytes, unless the stream closes for an error other than a reset.
         """
         if self._closed:
+            # Nothing more, but a read started since fails (as Tornado's close() signals
+            # the closed state again).
+            self._mark_closed()
             return
-        if exc_info is not None:
+        if isinstance(exc_info, BaseException):
             self.error = exc_info
+        elif isinstance(exc_info, tuple):
+            self.error = exc_info[1]
+        elif exc_info:
+            self.error = sys.exc_info()[1] or self.error
+        if self.reading():
+            self._complete_read_at_close()
         transport = self._transport
-        if transport is not None and not self._connection_lost:
+        if transport is None:
+            self._close_socket()
+        elif not self._connection_lost:
             self._flush()
             close_gracefully(transport)
         self._mark_closed()
+
+    def _close_socket(self) -> None:
+        """Closed before there is a transport: stop connecting, close the socket."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        if self._socket is not None:
+            self._socket.close()
+
+    def _complete_read_at_close(self) -> None:
+        """Resolve the read in progress if it can be, as Tornado's close() does."""
+        if self._read_until_close:
+            if self.error is None or is_connection_reset(self.error):
+                # A reset counts as a normal close; any other error fails the read
+                # (_mark_closed), so a truncated result never passes for a whole one.
+                self._finish_read(len(self._read_buffer))
+            return
+        try:
+            position = self._find_read_position()
+        except UnsatisfiableReadError:
+            return
+        if position is not None:
+            self._finish_read(position)
 
     def close_lingering(self) -> None:
         """Close for the application, but let the peer finish: a server's shutdown.
@@ -543,13 +758,22 @@ class IOStream(asyncio.BufferedProtocol):
         """Close at once, dropping queued writes (the peer sees a reset)."""
         self._write_pending.clear()
         self._write_pending_size = 0
-        if self._transport is not None and not self._connection_lost:
+        if self._transport is None:
+            self._close_socket()
+        elif not self._connection_lost:
             abort_with_reset(self._transport)
         self._mark_closed()
 
     def _mark_closed(self) -> None:
         self._closed = True
-        self._wake_reader()
+        future, self._read_future = self._read_future, None
+        self._clear_read()
+        for waiter in (future, self._connect_future):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(StreamClosedError(real_error=self.error))
+                # Like Tornado: a read nobody awaits must not log "never retrieved".
+                waiter.exception()
+        self._connect_future = None
         self._fail_drain_waiters()
         self._run_close_callback()
 
@@ -568,8 +792,9 @@ class IOStream(asyncio.BufferedProtocol):
         return self._closed
 
     def reading(self) -> bool:
-        """True while a read is waiting."""
-        return self._reading
+        """True while a read is in progress (started, not yet complete)."""
+        future = self._read_future
+        return future is not None and not future.done()
 
     def writing(self) -> bool:
         """True while written bytes have not all been handed to the kernel."""
@@ -596,6 +821,14 @@ class IOStream(asyncio.BufferedProtocol):
     def buffered_size(self) -> int:
         """How many received bytes wait in the read buffer."""
         return len(self._read_buffer)
+
+
+async def _ready(value: _T) -> _T:
+    """An awaitable of a value already there (see :meth:`IOStream.read_bytes`)."""
+    return value
+
+
+_READY = _ready
 
 
 def _check_max_bytes(delimiter: object, size: int, max_bytes: int | None) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import socket
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import Any
 
-from echo20.errors import StreamClosedError
+from echo20.errors import ConnectTimeoutError, StreamClosedError
 from echo20.iostream import IOStream
+from echo20.netutil import format_address
 from echo20.tls import TLSTransport
 
 __all__ = ["TCPClient"]
@@ -25,26 +29,53 @@ class TCPClient:
         self.max_buffer_size = max_buffer_size
         self.read_chunk_size = read_chunk_size
 
-    def _make_stream(self) -> IOStream:
-        return IOStream(max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+    def close(self) -> None:
+        """As Tornado's: nothing to release here (names are resolved by the event loop)."""
 
     async def connect(
         self,
         host: str,
         port: int,
         *,
-        timeout: float | None = None,
+        af: socket.AddressFamily = socket.AF_UNSPEC,
+        ssl_options: ssl_module.SSLContext | None = None,
+        max_buffer_size: int | None = None,
+        source_ip: str | None = None,
+        source_port: int | None = None,
+        timeout: float | datetime.timedelta | None = None,
         ssl: ssl_module.SSLContext | None = None,
         server_hostname: str | None = None,
     ) -> IOStream:
-        """Connect to ``host:port`` (over TLS with ``ssl``).
+        """Connect to ``host:port``, over TLS with ``ssl_options`` (or ``ssl``).
+
+        Tornado's parameters, keyword-only after ``port``, and ``server_hostname`` (the
+        name the certificate must carry; ``host`` by default).
+
+        ``af`` limits the address family (``socket.AF_INET``...); ``source_ip`` and
+        ``source_port`` bind the local end first (a port without an address binds the
+        loopback address of the family, as Tornado does). ``timeout`` (seconds or a
+        ``timedelta``) bounds the whole connect, TLS handshake included.
 
         Failures raise :class:`StreamClosedError` whose ``real_error`` is the cause
-        (``ConnectionRefusedError``, a ``TimeoutError``, an ``ssl.SSLError``...).
+        (``ConnectionRefusedError``, an ``ssl.SSLError``...). A timeout raises
+        :class:`ConnectTimeoutError`, a ``TimeoutError`` as in Tornado (and a
+        ``StreamClosedError`` as here), with Tornado's message. A connect cancelled or
+        timed out during the TLS handshake closes its connection at once.
         """
         loop = asyncio.get_running_loop()
-        factory = self._protocol_factory(ssl, server_hostname or host)
-        return await _open(loop.create_connection(factory, host, port), timeout)
+        context = ssl_options if ssl_options is not None else ssl
+        factory = self._protocol_factory(context, server_hostname or host, max_buffer_size)
+        local_addr: tuple[str, int] | None = None
+        if source_ip is not None or source_port:
+            # As Tornado: a port without an address binds the family's loopback address.
+            loopback = "::1" if af == socket.AF_INET6 else "127.0.0.1"
+            local_addr = (source_ip or loopback, source_port or 0)
+        where = format_address((host, port))
+        return await _open(
+            lambda: loop.create_connection(factory, host, port, family=af, local_addr=local_addr),
+            _seconds(timeout),
+            where,
+        )
 
     async def connect_unix(
         self,
@@ -56,34 +87,65 @@ class TCPClient:
     ) -> IOStream:
         """Connect to the Unix socket ``path``; failures as in :meth:`connect`."""
         loop = asyncio.get_running_loop()
-        factory = self._protocol_factory(ssl, server_hostname or "localhost")
-        return await _open(loop.create_unix_connection(factory, path), timeout)
+        factory = self._protocol_factory(ssl, server_hostname or "localhost", None)
+        return await _open(lambda: loop.create_unix_connection(factory, path), timeout, path)
 
     def _protocol_factory(
-        self, ssl: ssl_module.SSLContext | None, server_hostname: str
+        self,
+        ssl: ssl_module.SSLContext | None,
+        server_hostname: str,
+        max_buffer_size: int | None,
     ) -> Callable[[], asyncio.BaseProtocol]:
+        def make_stream() -> IOStream:
+            return IOStream(
+                max_buffer_size=max_buffer_size or self.max_buffer_size,
+                read_chunk_size=self.read_chunk_size,
+            )
+
         if ssl is None:
-            return self._make_stream
+            return make_stream
         return lambda: TLSTransport(
-            self._make_stream(), ssl, server_side=False, server_hostname=server_hostname
+            make_stream(), ssl, server_side=False, server_hostname=server_hostname
         )
 
 
+def _seconds(timeout: float | datetime.timedelta | None) -> float | None:
+    if isinstance(timeout, datetime.timedelta):
+        return timeout.total_seconds()
+    return timeout
+
+
 async def _open(
-    connecting: Awaitable[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]],
+    connect: Callable[[], Any],
     timeout: float | None,
+    where: str,
 ) -> IOStream:
+    """Run ``connect`` (the loop's create_connection) and the TLS handshake, if any."""
+    transport: asyncio.BaseTransport | None = None
+    protocol: asyncio.BaseProtocol | None = None
     try:
         async with asyncio.timeout(timeout):
-            _, protocol = await connecting
+            transport, protocol = await connect()
             if isinstance(protocol, TLSTransport):
-                tls, protocol = protocol, protocol.protocol
-                await tls.handshake()
+                await protocol.handshake()
+                protocol = protocol.protocol
     except TimeoutError as error:
-        raise StreamClosedError(
-            real_error=TimeoutError(f"connect timed out after {timeout:g} s")
-        ) from error
+        _abandon(transport)
+        phase = "during TLS handshake with" if transport is not None else "while connecting to"
+        raise ConnectTimeoutError(f"Timeout {phase} {where}") from error
     except OSError as error:
+        _abandon(transport)
         raise StreamClosedError(real_error=error) from error
+    except BaseException:
+        # Cancelled: the connection must not wait for the TLS handshake's own timeout.
+        _abandon(transport)
+        raise
     assert isinstance(protocol, IOStream)
     return protocol
+
+
+def _abandon(transport: asyncio.BaseTransport | None) -> None:
+    """Close a connection whose connect will not complete (Tornado's fix for a TLS
+    handshake abandoned by a timeout or a cancellation)."""
+    if transport is not None:
+        transport.close()

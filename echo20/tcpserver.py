@@ -13,7 +13,8 @@ import asyncio
 import logging
 import socket
 import ssl as ssl_module
-from collections.abc import Callable, Coroutine, Iterable
+import sys
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from echo20.errors import StreamClosedError
@@ -222,9 +223,7 @@ class ConnectionServer:
         """The asyncio protocol of one new connection; override this."""
         raise NotImplementedError
 
-    def run_handler(
-        self, connection: Connection, handler: Coroutine[Any, Any, None], address: Any
-    ) -> None:
+    def run_handler(self, connection: Connection, handler: Awaitable[Any], address: Any) -> None:
         """Run ``handler`` as the task serving ``connection``; close and count the
         connection when it ends. Shutdown (:meth:`close`) waits for these tasks."""
         task = asyncio.get_running_loop().create_task(
@@ -234,7 +233,7 @@ class ConnectionServer:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_handler(
-        self, connection: Connection, handler: Coroutine[Any, Any, None], address: Any
+        self, connection: Connection, handler: Awaitable[Any], address: Any
     ) -> None:
         try:
             await handler
@@ -242,8 +241,12 @@ class ConnectionServer:
             # The peer went away mid-conversation: an ordinary end, not a fault.
             log.debug("connection from %s closed: %s", format_address(address), error)
         except Exception:
-            # The task's boundary: one report with the traceback, and the connection goes.
-            log.exception("error handling connection from %s", format_address(address))
+            # The task's boundary: one report with the traceback, and the connection
+            # goes. The words are Tornado's (its IOLoop's report of a failed callback).
+            log.exception(
+                "Exception in callback handling the connection from %s",
+                format_address(address),
+            )
         finally:
             connection.close()
             self.forget_connection(connection)
@@ -360,9 +363,30 @@ class TCPServer(ConnectionServer):
 
     def _start_handler(self, stream: IOStream) -> None:
         address = stream.get_extra_info("peername")
-        if self.track_connection(stream):
-            self.run_handler(stream, self.handle_stream(stream, address), address)
+        if not self.track_connection(stream):
+            return
+        try:
+            handler = self.handle_stream(stream, address)
+        except Exception:
+            # Never raise from a protocol callback (rloop aborts the process).
+            handler = _raised(sys.exc_info()[1])
+        if handler is None:
+            # A plain function, as Tornado allows: the stream is now the function's (it
+            # may have handed it on), and stays open until someone closes it.
+            handler = stream.wait_closed()
+        self.run_handler(stream, handler, address)
 
-    async def handle_stream(self, stream: IOStream, address: Any) -> None:
-        """Serve one connection; override this. Returning closes the stream."""
+    def handle_stream(self, stream: IOStream, address: Any) -> Awaitable[Any] | None:
+        """Serve one connection; override this, as a coroutine or a plain function.
+
+        A coroutine (or anything awaitable it returns) serves the connection until it
+        returns, which closes the stream. A plain function that returns None leaves
+        the stream open for whoever it handed it to, as in Tornado.
+        """
         raise NotImplementedError
+
+
+async def _raised(error: BaseException | None) -> None:
+    """Report an exception raised by a plain handle_stream where a coroutine's goes."""
+    assert error is not None
+    raise error

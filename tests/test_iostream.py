@@ -25,7 +25,7 @@ import socket
 import ssl
 import struct
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, closing
 from typing import Any, TypeVar, cast
 
@@ -141,7 +141,7 @@ async def round_trip(stream: IOStream, peer: Peer) -> None:
     assert await peer.recv_exactly(1) == b"!"
 
 
-async def start(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+async def start(coro: Awaitable[T]) -> asyncio.Task[T]:
     """Run ``coro`` as a task; return once it has run up to its first wait."""
     started = asyncio.Event()
 
