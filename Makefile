@@ -13,7 +13,7 @@ CHECKED := protocol.py echo_server.py echo_client.py setup.py echo20 tests tools
 # The seed's server and client as the article wrote them, untyped on purpose: ruff only.
 UNTYPED := examples
 
-.PHONY: help install demo test lint format bench compare soak test-deploy clean
+.PHONY: help install demo test lint format bench compare soak test-deploy test-tornado clean
 
 help:
 	@echo "make demo    set up .venv, start a server, run a scripted client session, stop"
@@ -24,6 +24,7 @@ help:
 	@echo "make compare every conformance scenario on every server: docs/conformance.md"
 	@echo "make soak    2 minutes of good and hostile clients against the server (not in test)"
 	@echo "make test-deploy  install HAProxy where possible, test docs/deploy.md's configuration"
+	@echo "make test-tornado Tornado's own IOStream/TCPServer/TCPClient tests against the port"
 	@echo "make clean   remove .venv and caches"
 
 $(STAMP): pyproject.toml setup.py echo20/speedups.c
@@ -68,6 +69,14 @@ soak: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# Tornado 6.6.1's own iostream, tcpserver and tcpclient tests, unchanged, against the port
+# (fetched from its sdist on PyPI once, into .cache/), on both loops: how many apply,
+# pass, fail and do not apply, each test that does not apply listed with its reason in
+# tools/tornado_tests.py. `make test` runs them too (tests/test_tornado_suite.py).
+test-tornado: $(STAMP)
+	$(BIN)/python tools/tornado_tests.py --loop asyncio
+	$(BIN)/python tools/tornado_tests.py --loop uvloop
+
 # HAProxy in front of two servers with the configuration of docs/deploy.md. Installing
 # needs apt and root; where that fails the test says it is skipped, and why.
 test-deploy: $(STAMP)
@@ -78,4 +87,4 @@ test-deploy: $(STAMP)
 	$(BIN)/python -m pytest tests/test_deploy.py -rs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info build echo20/*.so
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info build echo20/*.so

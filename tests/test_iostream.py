@@ -19,6 +19,7 @@ reply, our side has read everything the peer sent before it. Every wait is bound
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import socket
@@ -1164,3 +1165,286 @@ async def test_tls_transport_lets_go_of_its_protocol_once_the_connection_is_lost
         assert [reference() for reference in references] == [None] * 4
     finally:
         gc.enable()
+
+
+# --- Tornado's read futures, read_into, IOStream(socket) -----------------------------------
+
+
+async def test_a_read_takes_the_bytes_that_arrive_after_the_call() -> None:
+    # Tornado: the read starts when called, awaited or not.
+    async with connection() as (stream, peer, _):
+        reading = stream.read_bytes(5)
+        assert stream.reading()
+        await peer.send(b"hello")
+        assert await reading == b"hello"
+        assert not stream.reading()
+
+
+async def test_a_read_never_awaited_still_closes_the_stream_on_max_bytes_overrun() -> None:
+    async with connection() as (stream, peer, _):
+        closed = asyncio.Event()
+        stream.set_close_callback(closed.set)
+        # Never awaited, as in Tornado's test_read_until_max_bytes_ignores_extra.
+        stream.read_until(b"\n", max_bytes=5)
+        await peer.send(b"123456")
+        await closed.wait()
+        assert isinstance(stream.error, UnsatisfiableReadError)
+
+
+async def test_a_read_on_a_closed_stream_raises_at_the_call() -> None:
+    async with connection() as (stream, _, _):
+        stream.close()
+        with pytest.raises(StreamClosedError):
+            stream.read_bytes(1)  # raised by the call itself, nothing awaited
+
+
+async def test_read_bytes_served_from_the_buffer_takes_the_bytes_at_the_call() -> None:
+    """The deliberate difference (docs/tornado-semantics.md, Reads): the bytes leave the
+    buffer at the call, as in Tornado, but what returns is a coroutine holding them, not
+    a resolved future (a future costs the iostream server 9 % more per round trip)."""
+    async with connection() as (stream, peer, _):
+        await peer.send(b"abcdef")
+        await round_trip(stream, peer)
+        first = stream.read_bytes(4)
+        assert stream.buffered_size == 2
+        assert not stream.reading()
+        assert not isinstance(first, asyncio.Future)
+        waiting = stream.read_bytes(5)
+        assert isinstance(waiting, asyncio.Future)
+        assert await first == b"abcd"
+        await peer.send(b"ghi")
+        assert await waiting == b"efghi"
+
+
+async def test_read_into_fills_the_buffer_from_buffered_then_arriving_bytes() -> None:
+    async with connection() as (stream, peer, _):
+        await peer.send(b"ab")
+        await round_trip(stream, peer)
+        target = bytearray(5)
+        reading = stream.read_into(target)
+        assert target[:2] == b"ab"  # the buffered bytes move in at the call
+        await peer.send(b"cdefg")
+        assert await reading == 5
+        assert target == b"abcde"
+        target += b"!"  # no view of it is left: it can grow again
+        assert await stream.read_bytes(2) == b"fg"
+
+
+async def test_read_into_partial_returns_as_soon_as_bytes_arrive() -> None:
+    async with connection() as (stream, peer, _):
+        target = bytearray(10)
+        reading = stream.read_into(target, partial=True)
+        await peer.send(b"hey")
+        assert await reading == 3
+        assert target[:3] == b"hey"
+
+
+async def test_read_into_that_fails_leaves_the_buffer_resizable() -> None:
+    async with connection() as (stream, peer, _):
+        target = bytearray(10)
+        reading = stream.read_into(target)
+        await peer.send(b"abc")
+        await round_trip(stream, peer)
+        peer.shutdown_write()
+        with pytest.raises(StreamClosedError):
+            await reading
+        assert target[:3] == b"abc"
+        del target[:]
+
+
+async def test_read_until_close_past_max_buffer_size_logs_the_error_on_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Tornado logs both when bytes arriving for a waiting read overflow the buffer.
+    async with connection(make_stream=lambda: IOStream(max_buffer_size=1024)) as (
+        stream,
+        peer,
+        _,
+    ):
+        reading = stream.read_until_close()
+        await peer.send(b"x" * 2000)
+        with pytest.raises(StreamClosedError):
+            await reading
+    messages = [record.getMessage() for record in caplog.records]
+    assert "Reached maximum read buffer size" in messages
+    assert "error on read: Reached maximum read buffer size" in messages
+
+
+async def test_stream_made_from_a_socket_takes_over_a_connected_one() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    with client:
+        stream = IOStream(accepted)
+        assert stream.socket is accepted
+        reading = stream.read_bytes(5)  # before the transport is there
+        client.sendall(b"hello")
+        async with asyncio.timeout(TIMEOUT):
+            assert await reading == b"hello"
+        stream.close()
+
+
+async def test_connect_resolves_before_the_writes_made_while_connecting() -> None:
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        stream = IOStream(socket.socket())
+        connected = stream.connect(listener.getsockname())
+        written = stream.write(b"early")
+        assert not connected.done()
+        order: list[str] = []
+        write_seen = asyncio.Event()
+
+        def on_written(_: object) -> None:
+            order.append("write")
+            write_seen.set()
+
+        connected.add_done_callback(lambda _: order.append("connect"))
+        written.add_done_callback(on_written)
+        async with asyncio.timeout(TIMEOUT):
+            remote, _ = await loop.sock_accept(listener)
+            peer = Peer(remote)
+            assert await connected is stream
+            await write_seen.wait()
+            assert await peer.recv_exactly(5) == b"early"
+        assert order == ["connect", "write"]
+        stream.close()
+        peer.close()
+
+
+async def test_connect_refused_closes_the_stream_and_keeps_the_error() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        stream = IOStream(socket.socket())
+        closed = asyncio.Event()
+        stream.set_close_callback(closed.set)
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(StreamClosedError):
+                await stream.connect(unused.getsockname())
+            await closed.wait()
+    assert isinstance(stream.error, ConnectionRefusedError)
+
+
+class HandingOnServer(TCPServer):
+    """handle_stream as a plain function (Tornado allows it): the stream goes on a queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams: asyncio.Queue[IOStream] = asyncio.Queue()
+
+    def handle_stream(self, stream: IOStream, address: Any) -> None:
+        self.streams.put_nowait(stream)
+
+
+async def test_a_plain_handle_stream_leaves_the_stream_open_for_whoever_has_it() -> None:
+    async with asyncio.timeout(TIMEOUT):
+        server = HandingOnServer()
+        await server.listen(0, "127.0.0.1")
+        try:
+            client = await TCPClient().connect("127.0.0.1", port_of(server))
+            stream = await server.streams.get()
+            await client.write(b"hello")
+            assert await stream.read_bytes(5) == b"hello"
+            await stream.write(b"bye")
+            stream.close()
+            assert await client.read_until_close() == b"bye"
+        finally:
+            await server.close()
+        assert server.connections_served == 1
+
+
+class AddressServer(TCPServer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.addresses: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handle_stream(self, stream: IOStream, address: Any) -> None:
+        self.addresses.put_nowait(address)
+        await stream.read_until_close()
+
+
+async def test_connect_binds_the_source_address_and_port_given() -> None:
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        source_port = reserved.getsockname()[1]
+    async with asyncio.timeout(TIMEOUT):
+        server = AddressServer()
+        await server.listen(0, "127.0.0.1")
+        try:
+            stream = await TCPClient().connect(
+                "localhost",
+                port_of(server),
+                af=socket.AF_INET,
+                source_ip="127.0.0.1",
+                source_port=source_port,
+            )
+            assert await server.addresses.get() == ("127.0.0.1", source_port)
+            stream.close()
+        finally:
+            await server.close()
+
+
+async def test_connect_from_a_source_address_in_use_fails() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(StreamClosedError) as raised:
+                await TCPClient().connect(
+                    "127.0.0.1", port, source_ip="127.0.0.1", source_port=port
+                )
+    assert isinstance(raised.value.real_error, OSError)
+    assert raised.value.real_error.errno == errno.EADDRINUSE
+
+
+async def test_connect_timeout_is_a_timeout_error_with_tornados_message() -> None:
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        queued.settimeout(TIMEOUT)
+        queued.connect(listener.getsockname())
+        port = listener.getsockname()[1]
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(TimeoutError) as raised:
+                await TCPClient().connect("127.0.0.1", port, timeout=0.1)
+    assert str(raised.value) == f"Timeout while connecting to 127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("abandon", ["cancel", "timeout"])
+async def test_an_abandoned_tls_connect_closes_its_connection_at_once(
+    abandon: str, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """A server that accepts and never answers the TLS handshake: the client gives up
+    (cancelled, or its timeout expires), and its connection must close then, not when
+    the handshake's own 60 s limit runs out (Tornado's fix for the same leak)."""
+    _, client_context = tls_contexts
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        connecting = asyncio.ensure_future(
+            TCPClient().connect(
+                "127.0.0.1",
+                port,
+                ssl_options=client_context,
+                server_hostname="localhost",
+                timeout=0.2 if abandon == "timeout" else None,
+            )
+        )
+        async with asyncio.timeout(TIMEOUT):
+            remote, _ = await loop.sock_accept(listener)
+        with remote:
+            async with asyncio.timeout(TIMEOUT):
+                assert await loop.sock_recv(remote, 1)  # the ClientHello: mid-handshake
+            if abandon == "cancel":
+                connecting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await connecting
+            else:
+                with pytest.raises(TimeoutError) as raised:
+                    await connecting
+                assert str(raised.value) == f"Timeout during TLS handshake with 127.0.0.1:{port}"
+            async with asyncio.timeout(1.0):
+                while await loop.sock_recv(remote, 65536):
+                    pass  # the rest of the ClientHello, then the end of stream

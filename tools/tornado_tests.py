@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{counts['not applicable']} do not apply"
     )
     print(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
-    ok = not counts["failed"] and not stale and counts["passed"] >= MIN_APPLICABLE
+    ok = not counts["failed"] and not stale and applicable >= MIN_APPLICABLE
     return 0 if ok else 1
 
 
