@@ -6,26 +6,43 @@ import asyncio
 import datetime
 import socket
 import ssl as ssl_module
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from echo20.errors import ConnectTimeoutError, StreamClosedError
 from echo20.iostream import IOStream
 from echo20.netutil import format_address
 from echo20.tls import TLSTransport
 
-__all__ = ["TCPClient"]
+__all__ = ["Resolver", "TCPClient"]
+
+
+class Resolver(Protocol):
+    """Tornado's resolver interface: ``(family, address)`` pairs for ``host:port``
+    (``tornado.netutil.Resolver`` and its subclasses are resolvers)."""
+
+    def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> Awaitable[list[tuple[int, Any]]]: ...
 
 
 class TCPClient:
     """Opens connections, as Tornado's ``TCPClient``. Example::
 
     stream = await TCPClient().connect("127.0.0.1", 8888, timeout=5)
+
+    Names are resolved by the event loop, or by ``resolver`` (Tornado's interface) when
+    one is given; its addresses are then tried one after another.
     """
 
     def __init__(
-        self, *, max_buffer_size: int | None = None, read_chunk_size: int | None = None
+        self,
+        resolver: Resolver | None = None,
+        *,
+        max_buffer_size: int | None = None,
+        read_chunk_size: int | None = None,
     ) -> None:
+        self.resolver = resolver
         self.max_buffer_size = max_buffer_size
         self.read_chunk_size = read_chunk_size
 
@@ -71,11 +88,19 @@ class TCPClient:
             loopback = "::1" if af == socket.AF_INET6 else "127.0.0.1"
             local_addr = (source_ip or loopback, source_port or 0)
         where = format_address((host, port))
-        return await _open(
-            lambda: loop.create_connection(factory, host, port, family=af, local_addr=local_addr),
-            _seconds(timeout),
-            where,
-        )
+        resolver = self.resolver
+
+        async def connect() -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+            if resolver is None:
+                return await loop.create_connection(
+                    factory, host, port, family=af, local_addr=local_addr
+                )
+            addresses = await resolver.resolve(host, port, af)
+            stages.connecting()
+            return await _connect_each(addresses, factory, source_ip, source_port)
+
+        stages = _Stages(where, host if resolver is not None else None)
+        return await _open(connect, _seconds(timeout), stages)
 
     async def connect_unix(
         self,
@@ -88,7 +113,9 @@ class TCPClient:
         """Connect to the Unix socket ``path``; failures as in :meth:`connect`."""
         loop = asyncio.get_running_loop()
         factory = self._protocol_factory(ssl, server_hostname or "localhost", None)
-        return await _open(lambda: loop.create_unix_connection(factory, path), timeout, path)
+        return await _open(
+            lambda: loop.create_unix_connection(factory, path), timeout, _Stages(path, None)
+        )
 
     def _protocol_factory(
         self,
@@ -115,24 +142,64 @@ def _seconds(timeout: float | datetime.timedelta | None) -> float | None:
     return timeout
 
 
+class _Stages:
+    """Where a connect is, for the message of its timeout (Tornado's words)."""
+
+    def __init__(self, where: str, resolving: str | None) -> None:
+        self.where = where
+        self.message = f"Timeout while resolving {resolving}" if resolving else ""
+
+    def connecting(self) -> None:
+        self.message = f"Timeout while connecting to {self.where}"
+
+    def handshaking(self) -> None:
+        self.message = f"Timeout during TLS handshake with {self.where}"
+
+
+async def _connect_each(
+    addresses: list[tuple[int, Any]],
+    factory: Callable[[], asyncio.BaseProtocol],
+    source_ip: str | None,
+    source_port: int | None,
+) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+    """Connect to the first of a resolver's addresses that takes the connection."""
+    loop = asyncio.get_running_loop()
+    error: OSError = OSError(f"no address to connect to among {addresses!r}")
+    for family, address in addresses:
+        local_addr = None
+        if source_ip is not None or source_port:
+            loopback = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+            local_addr = (source_ip or loopback, source_port or 0)
+        try:
+            return await loop.create_connection(
+                factory, address[0], address[1], family=family, local_addr=local_addr
+            )
+        except OSError as failed:
+            # (An IPv4 source address cannot bind an IPv6 socket: the next address may.)
+            error = failed
+    raise error
+
+
 async def _open(
     connect: Callable[[], Any],
     timeout: float | None,
-    where: str,
+    stages: _Stages,
 ) -> IOStream:
     """Run ``connect`` (the loop's create_connection) and the TLS handshake, if any."""
     transport: asyncio.BaseTransport | None = None
     protocol: asyncio.BaseProtocol | None = None
     try:
         async with asyncio.timeout(timeout):
+            if not stages.message:
+                stages.connecting()
             transport, protocol = await connect()
             if isinstance(protocol, TLSTransport):
+                stages.handshaking()
                 await protocol.handshake()
                 protocol = protocol.protocol
     except TimeoutError as error:
         _abandon(transport)
-        phase = "during TLS handshake with" if transport is not None else "while connecting to"
-        raise ConnectTimeoutError(f"Timeout {phase} {where}") from error
+        raise ConnectTimeoutError(stages.message) from error
     except OSError as error:
         _abandon(transport)
         raise StreamClosedError(real_error=error) from error

@@ -1198,6 +1198,18 @@ async def test_a_read_on_a_closed_stream_raises_at_the_call() -> None:
             stream.read_bytes(1)  # raised by the call itself, nothing awaited
 
 
+async def test_a_cancelled_read_is_forgotten_and_its_bytes_stay() -> None:
+    # Tornado keeps a cancelled read pending: the bytes that come next complete it and
+    # are lost, and the next read raises "Already reading". Here it is forgotten.
+    async with connection() as (stream, peer, _):
+        reading = stream.read_bytes(5)
+        assert isinstance(reading, asyncio.Future)
+        reading.cancel()
+        assert not stream.reading()
+        await peer.send(b"hello")
+        assert await stream.read_bytes(5) == b"hello"
+
+
 async def test_read_bytes_served_from_the_buffer_takes_the_bytes_at_the_call() -> None:
     """The deliberate difference (docs/tornado-semantics.md, Reads): the bytes leave the
     buffer at the call, as in Tornado, but what returns is a coroutine holding them, not
@@ -1448,3 +1460,45 @@ async def test_an_abandoned_tls_connect_closes_its_connection_at_once(
             async with asyncio.timeout(1.0):
                 while await loop.sock_recv(remote, 65536):
                     pass  # the rest of the ClientHello, then the end of stream
+
+
+class FixedResolver:
+    """Tornado's resolver interface, answering with fixed addresses (or never)."""
+
+    def __init__(self, addresses: list[tuple[int, Any]] | None) -> None:
+        self.addresses = addresses
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
+        if self.addresses is None:
+            await asyncio.Event().wait()  # never answers
+        assert self.addresses is not None
+        return self.addresses
+
+
+async def test_connect_through_a_resolver_takes_the_first_address_that_answers() -> None:
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        async with asyncio.timeout(TIMEOUT):
+            server = AddressServer()
+            await server.listen(0, "127.0.0.1")
+            resolver = FixedResolver(
+                [
+                    (socket.AF_INET, refusing.getsockname()),
+                    (socket.AF_INET, ("127.0.0.1", port_of(server))),
+                ]
+            )
+            try:
+                stream = await TCPClient(resolver).connect("example.invalid", 1)
+                assert (await server.addresses.get())[0] == "127.0.0.1"
+                stream.close()
+            finally:
+                await server.close()
+
+
+async def test_connect_timeout_while_resolving_says_so() -> None:
+    async with asyncio.timeout(TIMEOUT):
+        with pytest.raises(TimeoutError) as raised:
+            await TCPClient(FixedResolver(None)).connect("example.invalid", 1, timeout=0.05)
+    assert str(raised.value) == "Timeout while resolving example.invalid"

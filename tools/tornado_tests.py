@@ -89,9 +89,7 @@ NOT_APPLICABLE: dict[str, str] = {
     "tcpclient_test.py::TestConnectorSplit": _PRIVATE + " (_Connector)",
     "tcpclient_test.py::ConnectorTest": _PRIVATE
     + " (_Connector, Tornado's happy-eyeballs connector; the port connects with the event loop's create_connection)",  # noqa: E501
-    "tcpclient_test.py::TCPClientTest::test_connect_timeout": "passes TCPClient(resolver=), Tornado's pluggable resolver; the port resolves names through the event loop",  # noqa: E501
     "tcpclient_test.py::TCPClientTest::test_connect_timeout_during_tcp_connect": "overrides Tornado's private TCPClient._create_stream and passes TCPClient(resolver=)",  # noqa: E501
-    "tcpclient_test.py::TCPClientTest::test_source_ip_mixed_families": "passes TCPClient(resolver=), Tornado's pluggable resolver; the port resolves names through the event loop",  # noqa: E501
 }
 
 
