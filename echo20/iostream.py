@@ -187,7 +187,7 @@ class IOStream(asyncio.BufferedProtocol):
                 socket.getpeername()
             except OSError:
                 return  # not connected yet: connect() does it
-            self._connecting = self._loop.create_task(self._take_over(socket))
+            self._connecting = self._loop.create_task(self._connect(socket))
 
     @property
     def socket(self) -> Any:
@@ -218,25 +218,14 @@ class IOStream(asyncio.BufferedProtocol):
         self._connecting = self._loop.create_task(self._connect(sock, address))
         return future
 
-    async def _connect(self, sock: _Socket, address: Any) -> None:
+    async def _connect(self, sock: _Socket, address: Any = None) -> None:
+        """Connect ``sock`` to ``address`` (unless it is connected already), then make
+        its transport, with this stream its protocol."""
         loop = asyncio.get_running_loop()
         try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, address)
-        except asyncio.CancelledError:
-            sock.close()
-            raise
-        except Exception as error:
-            self._connecting = None
-            sock.close()
-            self.close(error)
-            return
-        await self._take_over(sock)
-
-    async def _take_over(self, sock: _Socket) -> None:
-        """Make a transport for the connected ``sock``, with this stream its protocol."""
-        loop = asyncio.get_running_loop()
-        try:
+            if address is not None:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, address)
             await loop.connect_accepted_socket(lambda: self, sock)
         except asyncio.CancelledError:
             sock.close()

@@ -26,8 +26,8 @@ import socket
 import ssl
 import struct
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager, closing
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager
 from typing import Any, TypeVar, cast
 
 import pytest
@@ -843,17 +843,23 @@ async def test_connect_refused_raises_stream_closed_with_connection_refused() ->
     assert isinstance(raised.value.real_error, ConnectionRefusedError)
 
 
-async def test_connect_timeout_raises_stream_closed_with_timeout() -> None:
-    # A listener whose accept queue is full: Linux drops further connection requests,
-    # so the handshake never completes.
+@contextmanager
+def port_that_never_answers() -> Iterator[int]:
+    """A listener whose accept queue is full: Linux drops further connection requests,
+    so the handshake never completes."""
     with socket.socket() as listener, socket.socket() as queued:
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)
         queued.settimeout(TIMEOUT)
         queued.connect(listener.getsockname())
+        yield listener.getsockname()[1]
+
+
+async def test_connect_timeout_raises_stream_closed_with_timeout() -> None:
+    with port_that_never_answers() as port:
         async with asyncio.timeout(TIMEOUT):
             with pytest.raises(StreamClosedError) as raised:
-                await TCPClient().connect("127.0.0.1", listener.getsockname()[1], timeout=0.1)
+                await TCPClient().connect("127.0.0.1", port, timeout=0.1)
     assert isinstance(raised.value.real_error, TimeoutError)
 
 
@@ -1411,12 +1417,7 @@ async def test_connect_from_a_source_address_in_use_fails() -> None:
 
 
 async def test_connect_timeout_is_a_timeout_error_with_tornados_message() -> None:
-    with socket.socket() as listener, socket.socket() as queued:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        queued.settimeout(TIMEOUT)
-        queued.connect(listener.getsockname())
-        port = listener.getsockname()[1]
+    with port_that_never_answers() as port:
         async with asyncio.timeout(TIMEOUT):
             with pytest.raises(TimeoutError) as raised:
                 await TCPClient().connect("127.0.0.1", port, timeout=0.1)
