@@ -45,6 +45,7 @@ import collections
 import logging
 import re
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
@@ -53,15 +54,18 @@ from echo20.errors import StreamBufferFullError, StreamClosedError, Unsatisfiabl
 from echo20.netutil import (
     abort_with_reset,
     close_gracefully,
+    format_address,
     is_connection_reset,
     start_lingering_close,
 )
+from echo20.tls import TLSTransport, ssl_context_from_options
 
 __all__ = [
     "DEFAULT_MAX_BUFFER_SIZE",
     "DEFAULT_READ_CHUNK_SIZE",
     "DEFAULT_READ_HIGH_WATER",
     "IOStream",
+    "SSLIOStream",
 ]
 
 log = logging.getLogger("echo20.iostream")
@@ -220,22 +224,94 @@ class IOStream(asyncio.BufferedProtocol):
 
     async def _connect(self, sock: _Socket, address: Any = None) -> None:
         """Connect ``sock`` to ``address`` (unless it is connected already), then make
-        its transport, with this stream its protocol."""
+        its transport, with this stream its protocol (over TLS for an SSLIOStream)."""
         loop = asyncio.get_running_loop()
         try:
             if address is not None:
                 sock.setblocking(False)
                 await loop.sock_connect(sock, address)
-            await loop.connect_accepted_socket(lambda: self, sock)
+            protocol = self._protocol_for_transport()
+            await loop.connect_accepted_socket(lambda: protocol, sock)
         except asyncio.CancelledError:
             sock.close()
             raise
         except Exception as error:
-            self._connecting = None
             sock.close()
-            self.close(error)
+            self._connect_failed(error)
+            return
+        if isinstance(protocol, TLSTransport):
+            await self._finish_handshake(protocol)
+        else:
+            self._connecting = None
+
+    def _protocol_for_transport(self) -> asyncio.BaseProtocol:
+        """What the transport of this stream's socket talks to: the stream itself."""
+        return self
+
+    async def _finish_handshake(self, tls: TLSTransport) -> None:
+        try:
+            await tls.handshake()
+        except asyncio.CancelledError:
+            tls.abort()
+            raise
+        except Exception as error:
+            self._connect_failed(error)
             return
         self._connecting = None
+
+    def _connect_failed(self, error: Exception) -> None:
+        self._connecting = None
+        self.close(error)
+
+    def start_tls(
+        self,
+        server_side: bool,
+        ssl_options: ssl.SSLContext | dict[str, Any] | None = None,
+        server_hostname: str | None = None,
+    ) -> asyncio.Future[SSLIOStream]:
+        """Turn this connection into a TLS one (STARTTLS), as Tornado's.
+
+        The stream must be idle: no read or write in progress, nothing buffered. It
+        lets go of the connection (it is closed from then on, without closing the
+        connection) and the future gives a new :class:`SSLIOStream` on it once the
+        handshake is done, or raises the ``ssl`` error that made it fail. Cancelling
+        the future closes the connection.
+        """
+        transport = self._transport
+        if (
+            transport is None
+            or self._closed
+            or self._connection_lost
+            or self.reading()
+            or self.writing()
+            or self._read_buffer
+        ):
+            raise ValueError("IOStream is not idle; cannot convert to SSL")
+        context = ssl_context_from_options(ssl_options, server_side)
+        stream = SSLIOStream(
+            max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size
+        )
+        stream._loop = self._loop
+        stream._socket = self._socket
+        stream._close_callback, self._close_callback = self._close_callback, None
+        handshake = stream.wait_for_handshake()
+        tls = stream._tls = TLSTransport(
+            stream, context, server_side=server_side, server_hostname=server_hostname
+        )
+        # This stream lets go of the connection without closing it.
+        self._transport = self._socket = None
+        self._closed = True
+        if self._lost_waiter is not None and not self._lost_waiter.done():
+            self._lost_waiter.set_result(None)
+        if self._paused_reading:
+            self._paused_reading = False
+            transport.resume_reading()
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        loop = asyncio.get_running_loop()
+        stream._connecting = loop.create_task(stream._finish_handshake(tls))
+        handshake.add_done_callback(lambda done: tls.abort() if done.cancelled() else None)
+        return handshake
 
     # --- asyncio protocol callbacks --------------------------------------------------
 
@@ -813,6 +889,160 @@ class IOStream(asyncio.BufferedProtocol):
     def buffered_size(self) -> int:
         """How many received bytes wait in the read buffer."""
         return len(self._read_buffer)
+
+
+class SSLIOStream(IOStream):
+    """Tornado's ``SSLIOStream``: an :class:`IOStream` over TLS (:class:`TLSTransport`).
+
+    Made from an ``ssl.SSLSocket`` that has not done its handshake (``wrap_socket(...,
+    do_handshake_on_connect=False)``, as Tornado's servers make them), it does the
+    handshake on that connection with the socket's context and side. Made from a plain
+    socket, :meth:`connect` connects it and does the client's handshake with
+    ``ssl_options`` (an ``SSLContext``, or Tornado's dictionary of ``ssl`` options).
+    Reads and writes may start before the handshake is done; :meth:`wait_for_handshake`
+    waits for it. A failed handshake is logged as ``SSL Error`` (a warning, as in
+    Tornado) and closes the stream with the ``ssl`` error.
+    """
+
+    def __init__(
+        self,
+        socket: _Socket | None = None,
+        *,
+        ssl_options: ssl.SSLContext | dict[str, Any] | None = None,
+        max_buffer_size: int | None = None,
+        read_chunk_size: int | None = None,
+        read_high_water: int | None = None,
+        recv_buffer: bytearray | None = None,
+        on_connect: Callable[[IOStream], None] | None = None,
+    ) -> None:
+        self._server_side = False
+        self._server_hostname: str | None = None
+        # (Made into a context only when needed: a server's streams come with theirs.)
+        self._ssl_options: ssl.SSLContext | dict[str, Any] | None = ssl_options
+        if isinstance(socket, ssl.SSLSocket):
+            self._ssl_options = socket.context
+            self._server_side = socket.server_side
+            self._server_hostname = socket.server_hostname
+            # The same connection as a plain socket: TLSTransport does the TLS.
+            socket = _Socket(fileno=socket.detach())
+        self._tls: TLSTransport | None = None
+        self._handshake_future: asyncio.Future[SSLIOStream] | None = None
+        super().__init__(
+            socket,
+            max_buffer_size=max_buffer_size,
+            read_chunk_size=read_chunk_size,
+            read_high_water=read_high_water,
+            recv_buffer=recv_buffer,
+            on_connect=on_connect,
+        )
+
+    def connect(  # type: ignore[override]
+        self, address: Any, server_hostname: str | None = None
+    ) -> asyncio.Future[SSLIOStream]:
+        """Connect and do the handshake; the future gives the stream once it is done,
+        or raises what failed (the ``ssl`` error itself, as in Tornado)."""
+        self._server_hostname = server_hostname
+        super().connect(address)
+        return self.wait_for_handshake()
+
+    def wait_for_handshake(self) -> asyncio.Future[SSLIOStream]:
+        """A future that gives the stream once the TLS handshake is done.
+
+        Raises ``RuntimeError`` while another such wait is pending, as Tornado's.
+        """
+        if self._handshake_future is not None:
+            raise RuntimeError("Already waiting")
+        if self._loop is None:
+            self._loop = asyncio.get_event_loop()
+        future: asyncio.Future[SSLIOStream] = self._loop.create_future()
+        if self._transport is not None:
+            future.set_result(self)
+        elif self._closed:
+            future.set_exception(self.error or StreamClosedError())
+            future.exception()
+        else:
+            self._handshake_future = future
+        return future
+
+    def _protocol_for_transport(self) -> asyncio.BaseProtocol:
+        self._tls = TLSTransport(
+            self,
+            ssl_context_from_options(self._ssl_options, self._server_side),
+            server_side=self._server_side,
+            server_hostname=self._server_hostname,
+        )
+        return self._tls
+
+    @property
+    def socket(self) -> Any:
+        """The connection's socket, with the TLS methods of Tornado's ``SSLSocket``
+        (``cipher()``, ``getpeercert()``, ``version()``...) from the TLS layer."""
+        tls = self._tls or self._transport
+        ssl_object = None if tls is None else tls.get_extra_info("ssl_object")
+        return _TLSSocket(super().socket, ssl_object)
+
+    def _connect_failed(self, error: Exception) -> None:
+        if isinstance(error, ssl.SSLError):
+            log.warning("SSL Error on %s: %s", self._peer(), error)
+        super()._connect_failed(error)
+
+    def _peer(self) -> str:
+        try:
+            return format_address(self._socket.getpeername() if self._socket else None)
+        except OSError:
+            return "unknown"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (The handshake is done.) Resolved before the writes made meanwhile, as the
+        # connect future of a plain stream is.
+        future, self._handshake_future = self._handshake_future, None
+        if future is not None and not future.done() and not self._closed:
+            future.set_result(self)
+        super().connection_made(transport)
+
+    def _close_socket(self) -> None:
+        if self._tls is not None:
+            # The socket is the TLS layer's transport's: close that.
+            if self._connecting is not None:
+                self._connecting.cancel()
+                self._connecting = None
+            self._tls.abort()
+            return
+        super()._close_socket()
+
+    def _mark_closed(self) -> None:
+        future, self._handshake_future = self._handshake_future, None
+        if future is not None and not future.done():
+            future.set_exception(self.error or StreamClosedError())
+            future.exception()
+        super()._mark_closed()
+
+
+class _TLSSocket:
+    """A socket and its TLS object as one, as an ``ssl.SSLSocket`` looks."""
+
+    _TLS_METHODS = frozenset(
+        (
+            "cipher",
+            "compression",
+            "getpeercert",
+            "get_channel_binding",
+            "selected_alpn_protocol",
+            "shared_ciphers",
+            "version",
+        )
+    )
+
+    def __init__(self, sock: Any, ssl_object: ssl.SSLObject | None) -> None:
+        self._sock = sock
+        self._ssl_object = ssl_object
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._TLS_METHODS:
+            if self._ssl_object is None:
+                return lambda *args: None
+            return getattr(self._ssl_object, name)
+        return getattr(self._sock, name)
 
 
 async def _ready(value: _T) -> _T:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from echo20.errors import StreamClosedError
-from echo20.iostream import DEFAULT_READ_CHUNK_SIZE, IOStream
+from echo20.iostream import DEFAULT_READ_CHUNK_SIZE, IOStream, SSLIOStream
 from echo20.netutil import DEFAULT_BACKLOG, format_address
 from echo20.tls import TLSTransport
 
@@ -360,6 +360,28 @@ class TCPServer(ConnectionServer):
             recv_buffer=self._recv_buffer,
             on_connect=self._start_handler,
         )
+
+    def _protocol_factory(
+        self, ssl: ssl_module.SSLContext | None, handshake_timeout: float | None
+    ) -> Callable[[], asyncio.BaseProtocol]:
+        """Under TLS the streams are :class:`SSLIOStream` s, as Tornado's, their
+        handshake done before :meth:`handle_stream` sees them."""
+        if ssl is None:
+            return self.make_protocol
+
+        def make_tls_stream() -> asyncio.BaseProtocol:
+            stream = SSLIOStream(
+                max_buffer_size=self.max_buffer_size,
+                read_chunk_size=self.read_chunk_size,
+                recv_buffer=self._recv_buffer,
+                on_connect=self._start_handler,
+            )
+            stream._tls = TLSTransport(
+                stream, ssl, server_side=True, handshake_timeout=handshake_timeout
+            )
+            return stream._tls
+
+        return make_tls_stream
 
     def _start_handler(self, stream: IOStream) -> None:
         address = stream.get_extra_info("peername")

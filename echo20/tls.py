@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from echo20.netutil import close_gracefully
 
-__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "TLSTransport"]
+__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "TLSTransport", "ssl_context_from_options"]
 
 log = logging.getLogger("echo20.tls")
 
@@ -18,6 +18,44 @@ log = logging.getLogger("echo20.tls")
 # handed to a protocol at once.
 DEFAULT_HANDSHAKE_TIMEOUT = 60.0
 TLS_READ_SIZE = 256 * 1024
+
+# The keys of Tornado's ``ssl_options`` dictionaries (``ssl.wrap_socket``'s arguments).
+_SSL_OPTION_KEYS = frozenset(
+    ("ssl_version", "certfile", "keyfile", "cert_reqs", "ca_certs", "ciphers")
+)
+
+
+def ssl_context_from_options(
+    options: ssl_module.SSLContext | dict[str, Any] | None, server_side: bool
+) -> ssl_module.SSLContext:
+    """An ``SSLContext`` from Tornado's ``ssl_options``: a context is used as it is; a
+    dictionary of ``ssl.wrap_socket``'s arguments (``certfile``, ``keyfile``,
+    ``cert_reqs``, ``ca_certs``, ``ciphers``, ``ssl_version``) makes one, as Tornado's
+    ``ssl_options_to_context`` does; None gives the default context for the side."""
+    if isinstance(options, ssl_module.SSLContext):
+        return options
+    if options is None:
+        purpose = ssl_module.Purpose.CLIENT_AUTH if server_side else ssl_module.Purpose.SERVER_AUTH
+        return ssl_module.create_default_context(purpose)
+    unknown = set(options) - _SSL_OPTION_KEYS
+    if unknown:
+        raise ValueError(f"unknown ssl_options: {', '.join(sorted(unknown))}")
+    default = ssl_module.PROTOCOL_TLS_SERVER if server_side else ssl_module.PROTOCOL_TLS_CLIENT
+    context = ssl_module.SSLContext(options.get("ssl_version", default))
+    if "certfile" in options:
+        context.load_cert_chain(options["certfile"], options.get("keyfile"))
+    if "cert_reqs" in options:
+        if options["cert_reqs"] == ssl_module.CERT_NONE:
+            # PROTOCOL_TLS_CLIENT checks host names, which CERT_NONE cannot.
+            context.check_hostname = False
+        context.verify_mode = options["cert_reqs"]
+    if "ca_certs" in options:
+        context.load_verify_locations(options["ca_certs"])
+    if "ciphers" in options:
+        context.set_ciphers(options["ciphers"])
+    context.options |= ssl_module.OP_NO_COMPRESSION
+    return context
+
 
 # What a TLSTransport's protocol becomes once the connection is lost.
 _GONE = asyncio.BaseProtocol()
