@@ -1,5 +1,5 @@
-"""Tornado's IOStream, ported to native asyncio (its server and client: ``tcpserver.py``,
-``tcpclient.py``; TLS: ``tls.py``).
+"""Tornado's IOStream and SSLIOStream, ported to native asyncio (its server and client:
+``tcpserver.py``, ``tcpclient.py``; TLS: ``tls.py``).
 
 The API and its semantics follow ``tornado/iostream.py`` (Tornado 6): ``read_bytes``,
 ``read_until``, ``read_until_regex``, ``read_until_close``, ``write``, ``close``,

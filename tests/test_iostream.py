@@ -35,10 +35,10 @@ import trustme
 from support import TIMEOUT
 
 from echo20.errors import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
-from echo20.iostream import DEFAULT_READ_HIGH_WATER, IOStream
+from echo20.iostream import DEFAULT_READ_HIGH_WATER, IOStream, SSLIOStream
 from echo20.tcpclient import TCPClient
 from echo20.tcpserver import TCPServer
-from echo20.tls import TLSTransport
+from echo20.tls import TLSTransport, ssl_context_from_options
 
 T = TypeVar("T")
 
@@ -1503,3 +1503,110 @@ async def test_connect_timeout_while_resolving_says_so() -> None:
         with pytest.raises(TimeoutError) as raised:
             await TCPClient(FixedResolver(None)).connect("example.invalid", 1, timeout=0.05)
     assert str(raised.value) == "Timeout while resolving example.invalid"
+
+
+# --- SSLIOStream, start_tls, wait_for_handshake -------------------------------------------
+
+
+async def test_ssl_iostream_from_a_wrapped_socket_and_a_connecting_one_talk() -> None:
+    """Tornado's way: the server wraps the accepted socket (no handshake yet), the
+    client's SSLIOStream connects and does its handshake."""
+
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("localhost").configure_cert(server_context)
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        client = SSLIOStream(
+            socket.socket(), ssl_options={"cert_reqs": ssl.CERT_NONE}
+        )  # Tornado's dictionary of ssl options
+        handshake = client.connect(listener.getsockname())
+        async with asyncio.timeout(TIMEOUT):
+            accepted, _ = await loop.sock_accept(listener)
+            wrapped = server_context.wrap_socket(
+                accepted, server_side=True, do_handshake_on_connect=False
+            )
+            server = SSLIOStream(wrapped)
+            reading = server.read_bytes(5)  # before the handshake is done
+            assert await handshake is client
+            assert client.socket.cipher() is not None
+            await client.write(b"hello")
+            assert await reading == b"hello"
+            assert await server.wait_for_handshake() is server
+        client.close()
+        server.close()
+
+
+async def test_a_failed_handshake_raises_the_ssl_error_and_logs_it(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext], caplog: pytest.LogCaptureFixture
+) -> None:
+    server_context, _ = tls_contexts
+    server = HandingOnServer()
+    await server.listen(0, "127.0.0.1", ssl=server_context)
+    try:
+        client = SSLIOStream(socket.socket(), ssl_options=ssl.create_default_context())
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await client.connect(("127.0.0.1", port_of(server)), "localhost")
+    finally:
+        await server.close()
+    assert client.closed()
+    assert any(record.getMessage().startswith("SSL Error on") for record in caplog.records)
+
+
+async def test_tcpserver_hands_over_tls_streams_as_ssl_iostreams_handshake_done(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_context, client_context = tls_contexts
+    async with stream_pair(server_context, client_context) as (server_side, _):
+        assert isinstance(server_side, SSLIOStream)
+        assert server_side.socket.cipher() is not None
+        assert await server_side.wait_for_handshake() is server_side
+
+
+async def test_start_tls_turns_a_plain_connection_into_a_tls_one(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_context, client_context = tls_contexts
+    async with stream_pair() as (server_side, client_side):
+        await client_side.write(b"STARTTLS\n")
+        assert await server_side.read_until(b"\n") == b"STARTTLS\n"
+        server_tls = server_side.start_tls(True, server_context)
+        client_tls = client_side.start_tls(False, client_context, "localhost")
+        assert server_side.closed()
+        new_server, new_client = await server_tls, await client_tls
+        await new_client.write(b"secret")
+        assert await new_server.read_bytes(6) == b"secret"
+        assert new_client.socket.version() is not None
+        new_client.close()
+        assert await new_server.read_until_close() == b""
+
+
+async def test_start_tls_needs_an_idle_stream() -> None:
+    async with stream_pair() as (server_side, _):
+        reading = server_side.read_bytes(1)
+        with pytest.raises(ValueError, match="not idle"):
+            server_side.start_tls(True)
+        assert isinstance(reading, asyncio.Future)
+        reading.cancel()
+
+
+async def test_start_tls_cancelled_closes_the_connection(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    _, client_context = tls_contexts
+    async with stream_pair() as (server_side, client_side):
+        handshake = client_side.start_tls(False, client_context, "localhost")
+        handshake.cancel()
+        # The server never answers; the client's cancel must end the connection.
+        assert await server_side.read_until_close() != b""
+
+
+def test_ssl_options_dictionaries_make_contexts() -> None:
+    context = ssl_context_from_options({"cert_reqs": ssl.CERT_NONE}, server_side=False)
+    assert context.verify_mode == ssl.CERT_NONE
+    assert not context.check_hostname
+    given = ssl.create_default_context()
+    assert ssl_context_from_options(given, server_side=False) is given
+    with pytest.raises(ValueError, match="unknown ssl_options: keyfiel"):
+        ssl_context_from_options({"keyfiel": "x"}, server_side=True)
