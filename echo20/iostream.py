@@ -449,8 +449,8 @@ class IOStream(asyncio.BufferedProtocol):
                 data = bytes(buffer[:size])
                 del buffer[:size]
                 self._consumed += size
-                return _READY(data)
-            return _READY(self._consume(size))
+                return _ready(data)
+            return _ready(self._consume(size))
         future = self._start_read()
         self._read_bytes = num_bytes
         self._read_partial = partial
@@ -909,12 +909,9 @@ class SSLIOStream(IOStream):
         socket: _Socket | None = None,
         *,
         ssl_options: ssl.SSLContext | dict[str, Any] | None = None,
-        max_buffer_size: int | None = None,
-        read_chunk_size: int | None = None,
-        read_high_water: int | None = None,
-        recv_buffer: bytearray | None = None,
-        on_connect: Callable[[IOStream], None] | None = None,
+        **options: Any,
     ) -> None:
+        """``options``: :class:`IOStream`'s (``max_buffer_size``...)."""
         self._server_side = False
         self._server_hostname: str | None = None
         # (Made into a context only when needed: a server's streams come with theirs.)
@@ -927,14 +924,7 @@ class SSLIOStream(IOStream):
             socket = _Socket(fileno=socket.detach())
         self._tls: TLSTransport | None = None
         self._handshake_future: asyncio.Future[SSLIOStream] | None = None
-        super().__init__(
-            socket,
-            max_buffer_size=max_buffer_size,
-            read_chunk_size=read_chunk_size,
-            read_high_water=read_high_water,
-            recv_buffer=recv_buffer,
-            on_connect=on_connect,
-        )
+        super().__init__(socket, **options)
 
     def connect(  # type: ignore[override]
         self, address: Any, server_hostname: str | None = None
@@ -1048,9 +1038,6 @@ class _TLSSocket:
 async def _ready(value: _T) -> _T:
     """An awaitable of a value already there (see :meth:`IOStream.read_bytes`)."""
     return value
-
-
-_READY = _ready
 
 
 def _check_max_bytes(delimiter: object, size: int, max_bytes: int | None) -> None:
