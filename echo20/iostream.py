@@ -46,6 +46,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, cast
 
+from echo20.coalescing import WriteBuffer, WriteCoalescer
 from echo20.errors import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
 from echo20.netutil import (
     abort_with_reset,
@@ -71,10 +72,6 @@ DEFAULT_MAX_BUFFER_SIZE = 100 * 1024 * 1024
 # Received bytes nobody is reading yet: above this much, stop reading from the socket
 # until a read takes some (backpressure; Tornado instead closes at max_buffer_size).
 DEFAULT_READ_HIGH_WATER = 4 * DEFAULT_READ_CHUNK_SIZE
-
-# Queued writes are handed to the transport at the end of the loop turn, or at once when
-# this many bytes are waiting (asyncio's own default high-water mark for transports).
-WRITE_FLUSH_THRESHOLD = 64 * 1024
 
 # A read that never wakes for new data, only for the end of stream or a close.
 _WAKE_ONLY_AT_END = sys.maxsize
@@ -133,9 +130,8 @@ class IOStream(asyncio.BufferedProtocol):
         self._closed = False
         self.error: BaseException | None = None
 
-        self._write_pending: list[bytes] = []
-        self._write_pending_size = 0
-        self._flush_scheduled = False
+        # The writes of one loop turn leave in one transport.write (coalescing.py).
+        self._writes = WriteCoalescer(self._send)
         self._paused_writing = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._write_done: asyncio.Future[None] | None = None
@@ -210,8 +206,7 @@ class IOStream(asyncio.BufferedProtocol):
         if exc is not None and self.error is None and not self._closed:
             # After close() the first reason sticks, as in close() itself.
             self.error = exc
-        self._write_pending.clear()
-        self._write_pending_size = 0
+        self._writes.clear()
         self._wake_reader()
         self._fail_drain_waiters()
         if not self._closed and not self._read_buffer and not self._reading:
@@ -389,10 +384,10 @@ class IOStream(asyncio.BufferedProtocol):
         self._wake_size = wake_size
         if self._paused_reading:
             self._resume_reading()
-        if self._write_pending:
+        if self._writes.queued_size:
             # Nothing more to answer until bytes arrive: send the replies now rather
             # than at the end of the loop turn.
-            self._flush()
+            self._writes.flush()
         waiter = self._read_waiter = self._loop.create_future()
         try:
             await waiter
@@ -456,15 +451,7 @@ class IOStream(asyncio.BufferedProtocol):
             raise StreamClosedError(real_error=self.error)
         if data:
             # Keep our own copy: the caller may reuse a bytearray before the flush.
-            chunk = data if type(data) is bytes else bytes(data)
-            self._write_pending.append(chunk)
-            self._write_pending_size += len(chunk)
-            if self._write_pending_size >= WRITE_FLUSH_THRESHOLD:
-                self._flush()
-            elif not self._flush_scheduled:
-                self._flush_scheduled = True
-                assert self._loop is not None
-                self._loop.call_soon(self._flush)
+            self._writes.add(data if type(data) is bytes else bytes(data))
         if self._paused_writing:
             assert self._loop is not None
             waiter: asyncio.Future[None] = self._loop.create_future()
@@ -473,14 +460,8 @@ class IOStream(asyncio.BufferedProtocol):
         assert self._write_done is not None
         return self._write_done
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        pending = self._write_pending
-        if not pending:
-            return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        self._write_pending_size = 0
+    def _send(self, data: WriteBuffer) -> None:
+        # The coalesced writes of one loop turn.
         if self._transport is not None and not self._connection_lost:
             self._transport.write(data)
             self.bytes_written += len(data)
@@ -515,7 +496,7 @@ class IOStream(asyncio.BufferedProtocol):
             self.error = exc_info
         transport = self._transport
         if transport is not None and not self._connection_lost:
-            self._flush()
+            self._writes.flush()
             close_gracefully(transport)
         self._mark_closed()
 
@@ -531,7 +512,7 @@ class IOStream(asyncio.BufferedProtocol):
         if self._closed or transport is None or self._connection_lost:
             self.close()
             return
-        self._flush()
+        self._writes.flush()
         if not start_lingering_close(transport):
             self.close()
             return
@@ -541,8 +522,7 @@ class IOStream(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Close at once, dropping queued writes (the peer sees a reset)."""
-        self._write_pending.clear()
-        self._write_pending_size = 0
+        self._writes.clear()
         if self._transport is not None and not self._connection_lost:
             abort_with_reset(self._transport)
         self._mark_closed()
@@ -574,7 +554,7 @@ class IOStream(asyncio.BufferedProtocol):
     def writing(self) -> bool:
         """True while written bytes have not all been handed to the kernel."""
         transport = self._transport
-        return bool(self._write_pending) or (
+        return bool(self._writes.queued_size) or (
             transport is not None
             and not self._connection_lost
             and transport.get_write_buffer_size() > 0

@@ -78,8 +78,6 @@ def test_every_relative_link_resolves(path: Path) -> None:
     text = re.sub(r"`[^`]*`", "", path.read_text())
     targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
     broken = [
-        target
-        for target in targets
-        if "://" not in target and not (path.parent / target).exists()
+        target for target in targets if "://" not in target and not (path.parent / target).exists()
     ]
     assert broken == []

@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from echo20 import loops  # noqa: E402  (the project's loop table, for the clients' own loop)
+from echo20 import cli, loops  # noqa: E402  (the project's loop table, for the clients' own loop)
 
 HOST = "127.0.0.1"
 CHUNK = 20
@@ -66,7 +66,6 @@ PROGRESS_EVERY = 10.0
 # The reply to a message of N bytes is 2N bytes, whatever the server's batches.
 OVER = b"over"
 
-READY = re.compile(r"^echo20 listening on (?P<host>[\d.]+):(?P<port>\d+) \(loop: (?P<loop>\S+)\)$")
 STOPPED = re.compile(r"stopped: (\d+) connections served, (\d+) bytes in, (\d+) bytes out")
 
 
@@ -105,13 +104,13 @@ class Server:
         reader = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(SERVER_TIMEOUT)
-        match = READY.match(box[0].decode().strip()) if box else None
-        if match is None:
+        ready = cli.parse_ready_line(box[0].decode()) if box else None
+        if ready is None:
             self.process.kill()
             self.process.wait()
             raise SystemExit(f"soak: the server did not start; its log:\n{self.log()}")
-        self.port = int(match["port"])
-        self.loop = match["loop"]
+        self.port = ready.port
+        self.loop = ready.loop
 
     def log(self) -> str:
         return b"".join(self._stderr).decode("utf-8", "replace")

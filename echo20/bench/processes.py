@@ -23,6 +23,7 @@ from typing import IO
 
 from echo20.bench.targets import Target, server_argv
 from echo20.bench.tools import Tools
+from echo20.cli import parse_ready_line
 from echo20.errors import BenchError, ProtocolError
 from echo20.protocol import split_reply
 
@@ -39,11 +40,6 @@ PRIME_TIMEOUT = 10.0
 QUIET_INTERVAL = 0.1
 QUIET_SHARE = 0.02
 QUIET_TIMEOUT = 15.0
-
-READY_LINE = re.compile(
-    r"^echo20 listening on (?:\[(?P<host6>[^\]]+)\]|(?P<host>[^:\s]+)):(?P<port>\d+)"
-    r" \(loop: (?P<loop>[\w-]+)\)$"
-)
 
 
 @dataclass(frozen=True)
@@ -201,17 +197,16 @@ def start_server(target: Target, argv: Sequence[str], *, log_dir: Path, cpu: int
         process.kill()
         process.wait()
         raise
-    match = READY_LINE.match(line.strip())
+    ready = parse_ready_line(line)
     server = Server(target, process, "", 0, line.strip(), stderr_path)
-    if match is None:
+    if ready is None:
         status = server.stop()
         said = f"printed {line.strip()!r}" if line.strip() else "printed no ready line"
         tail = server.stderr_tail(1)
         raise BenchError(
             f"{shlex.join(argv)} {said} (exit status {status})" + (f": {tail}" if tail else "")
         )
-    server.host = match.group("host6") or match.group("host")
-    server.port = int(match.group("port"))
+    server.host, server.port = ready.host, ready.port
     if cpu is not None:
         pin_process(server.pid, cpu)
     return server
