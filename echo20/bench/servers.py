@@ -47,20 +47,24 @@ class BufferedFloorProtocol(asyncio.BufferedProtocol):
 
 
 class BytesFloorProtocol(FloorProtocol):
-    """The same on rloop, whose transports write anything but bytes slowly (README)."""
+    """The same on rloop, whose transports write anything but bytes slowly (loops.py)."""
 
     def data_received(self, data: bytes) -> None:
         reply = build_reply(data)
         self.write(reply if type(reply) is bytes else bytes(reply))
 
 
+# The floor's protocol class for each loop's receive style, as the fast path chooses its own.
+FLOOR_PROTOCOLS: dict[loops.ReceiveStyle, type[asyncio.BaseProtocol]] = {
+    loops.ReceiveStyle.PLAIN: FloorProtocol,
+    loops.ReceiveStyle.SHARED_BUFFER: BufferedFloorProtocol,
+    loops.ReceiveStyle.BYTES_WRITES: BytesFloorProtocol,
+}
+
+
 def floor_protocol(loop: asyncio.AbstractEventLoop) -> type[asyncio.BaseProtocol]:
-    """The floor's protocol class for this loop, as the fast path chooses its own."""
-    if isinstance(loop, asyncio.BaseEventLoop):
-        return BufferedFloorProtocol
-    if loops.is_rloop(loop):
-        return BytesFloorProtocol
-    return FloorProtocol
+    """The floor's protocol class for this loop."""
+    return FLOOR_PROTOCOLS[loops.receive_style(loop)]
 
 
 async def serve_floor(host: str, port: int, loop_name: str) -> int:
