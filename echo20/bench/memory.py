@@ -186,28 +186,41 @@ def command_cold_start(args: argparse.Namespace) -> int:
                     warm[(target, point)].runs.append(warm_run)
                     status.done(where)
     env["loadavg_end"] = load_average()
-    results: list[dict[str, Any]] = []
-    for key, cold_cell in cold.items():
-        warm_cell = warm[key]
-        ratios = [
-            c.cpu_us_per_rt / w.cpu_us_per_rt
-            for c, w in zip(cold_cell.runs, warm_cell.runs, strict=True)
-            if c.cpu_us_per_rt and w.cpu_us_per_rt
-        ]
-        results.append(
-            {
-                "label": key[0].label,
-                "connections": key[1][0],
-                "size": key[1][1],
-                "cold_cpu_us_per_rt": cold_cell.median(lambda r: r.cpu_us_per_rt),
-                "warm_cpu_us_per_rt": warm_cell.median(lambda r: r.cpu_us_per_rt),
-                "ratio": statistics.median(ratios) if ratios else None,
-                "ratios": ratios,
-                "error": cold_cell.error or warm_cell.error,
-                "cold_runs": [asdict(r) for r in cold_cell.runs],
-                "warm_runs": [asdict(r) for r in warm_cell.runs],
-            }
-        )
+    results = [cold_start_result(cold_cell, warm[key]) for key, cold_cell in cold.items()]
+    write_cold_start_report(args, out_dir, env, skipped, results)
+    failed = any(cell.failed for cell in (*cold.values(), *warm.values()))
+    return 1 if failed else 0
+
+
+def cold_start_result(cold_cell: Cell, warm_cell: Cell) -> dict[str, Any]:
+    """One target and point: cold and warm CPU per round trip, and their ratio."""
+    ratios = [
+        c.cpu_us_per_rt / w.cpu_us_per_rt
+        for c, w in zip(cold_cell.runs, warm_cell.runs, strict=True)
+        if c.cpu_us_per_rt and w.cpu_us_per_rt
+    ]
+    return {
+        "label": cold_cell.target.label,
+        "connections": cold_cell.connections,
+        "size": cold_cell.size,
+        "cold_cpu_us_per_rt": cold_cell.median(lambda r: r.cpu_us_per_rt),
+        "warm_cpu_us_per_rt": warm_cell.median(lambda r: r.cpu_us_per_rt),
+        "ratio": statistics.median(ratios) if ratios else None,
+        "ratios": ratios,
+        "error": cold_cell.error or warm_cell.error,
+        "cold_runs": [asdict(r) for r in cold_cell.runs],
+        "warm_runs": [asdict(r) for r in warm_cell.runs],
+    }
+
+
+def write_cold_start_report(
+    args: argparse.Namespace,
+    out_dir: Path,
+    env: dict[str, Any],
+    skipped: list[str],
+    results: list[dict[str, Any]],
+) -> None:
+    """The cold-start table on the terminal, and cold-start.json and .md in ``out_dir``."""
     rows = [
         [
             r["label"],
@@ -241,8 +254,6 @@ def command_cold_start(args: argparse.Namespace) -> int:
     ]
     (out_dir / "cold-start.md").write_text("\n".join(md))
     print(f"wrote {out_dir / 'cold-start.json'}, {out_dir / 'cold-start.md'}")
-    failed = any(cell.failed for cell in (*cold.values(), *warm.values()))
-    return 1 if failed else 0
 
 
 def cold_and_warm(
