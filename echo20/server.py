@@ -13,11 +13,12 @@ import logging
 import socket
 import ssl
 import sys
+from typing import Any
 
 from echo20 import cli, runtime, supervisor
 from echo20.errors import describe_error
 from echo20.netutil import DEFAULT_BACKLOG, format_address, inherited_sockets
-from echo20.servers import DEFAULT_IMPLEMENTATION, IMPLEMENTATIONS
+from echo20.servers import DEFAULT_IMPLEMENTATION, IMPLEMENTATIONS, EchoServer
 
 __all__ = ["build_parser", "main", "serve"]
 
@@ -130,6 +131,27 @@ def server_tls_context(
     return context
 
 
+async def listen(
+    server: EchoServer,
+    args: argparse.Namespace,
+    tls: ssl.SSLContext | None,
+    inherited: list[socket.socket] | None,
+) -> None:
+    """Start accepting where the command line says: inherited sockets, a Unix socket, or
+    ``--host``/``--port``. Raises OSError when that cannot be done."""
+    where: dict[str, Any] = {
+        "backlog": args.backlog,
+        "ssl": tls,
+        "ssl_handshake_timeout": args.handshake_timeout,
+    }
+    if inherited:
+        await server.add_sockets(inherited, **where)
+    elif args.unix:
+        await server.listen_unix(args.unix, **where)
+    else:
+        await server.listen(args.port, args.host, reuse_port=args.reuse_port, **where)
+
+
 async def serve(
     args: argparse.Namespace,
     loop_name: str,
@@ -148,29 +170,7 @@ async def serve(
         idle_timeout=args.idle_timeout,
     )
     try:
-        if inherited:
-            await server.add_sockets(
-                inherited,
-                backlog=args.backlog,
-                ssl=tls,
-                ssl_handshake_timeout=args.handshake_timeout,
-            )
-        elif args.unix:
-            await server.listen_unix(
-                args.unix,
-                backlog=args.backlog,
-                ssl=tls,
-                ssl_handshake_timeout=args.handshake_timeout,
-            )
-        else:
-            await server.listen(
-                args.port,
-                args.host,
-                backlog=args.backlog,
-                reuse_port=args.reuse_port,
-                ssl=tls,
-                ssl_handshake_timeout=args.handshake_timeout,
-            )
+        await listen(server, args, tls, inherited)
     except OSError as error:
         cli.listen_error_line(PROGRAM, args.unix or format_address((args.host, args.port)), error)
         return 1
