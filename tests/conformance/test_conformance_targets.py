@@ -5,8 +5,8 @@ echo20.conformance``), judged by its exit status, its output and its JUnit XML:
 
 * every server target (tornado, streams, iostream, protocol; asyncio and uvloop) and
   both of our clients pass;
-* a correct server with odd segmentation and timing passes, and servers that break
-  the protocol fail exactly the scenarios that catch their defect;
+* a correct server with odd segmentation and timing passes, and servers and clients
+  that break the protocol fail exactly the scenarios that catch their defect;
 * the seed's server passes and the seed's client fails, as ``docs/protocol.md`` says;
 * the runner's own behaviour: a server that will not start or dies is one line and
   exit 1, bad flags exit 2, ``--list``, ``--ready``, ``--server-addr``, reports.
@@ -43,6 +43,7 @@ RUNNER = (PYTHON, "-m", "echo20.conformance")
 HERE = Path(__file__).resolve().parent
 ODD_SERVER = HERE / "odd_timing_server.py"
 BROKEN_SERVERS = HERE / "broken_servers.py"
+BROKEN_CLIENTS = HERE / "broken_clients.py"
 
 # Runs in flight at once. Most of a run is waiting (Nagle's 40 ms on the Tornado
 # targets, the client scenarios' pauses), so three share two cores well.
@@ -161,6 +162,73 @@ BROKEN_RUNS = [
     for defect, (keyword, _) in BROKEN.items()
 ]
 
+# Each client defect, the scenarios run against it (-k), and exactly those that must
+# fail, each with what its failure must say: the check that catches the defect.
+BROKEN_CLIENT: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
+    "sends-after-over": (
+        "one_segment or input_ends",
+        {"replies[one_segment]": ("sent b'after over: never sent' after over's reply",)},
+    ),
+    "says-over-at-end": (
+        "one_segment or input_ends",
+        {"replies[input_ends_without_over]": ("sent b'over' beyond its input",)},
+    ),
+    "trusts-the-reply": (
+        "one_segment or uneven_cut or garbage",
+        {
+            "replies[uneven_cut]": ("its output is not the transcript: line 3",),
+            "server_fault[garbage]": ("its output is not the transcript: 2 lines more",),
+        },
+    ),
+    "swallows-errors": (
+        "one_segment or closed_early or no_server",
+        {
+            name: ("yet it exited with status 0", "it failed without a word on stderr")
+            for name in ("server_fault[closed_early]", "cannot_connect[no_server]")
+        },
+    ),
+    "goes-on-after-fault": (
+        "one_segment or garbage",
+        {"server_fault[garbage]": ("the client went on, sending",)},
+    ),
+    "stops-at-empty-line": (
+        "one_segment or closed_early",
+        {"replies[one_segment]": ("it stopped after 2 of 8 messages",)},
+    ),
+    "fails-after-over": (
+        "one_segment or input_ends",
+        {"replies[one_segment]": ("it failed: exit status 1",)},
+    ),
+    "connection-per-message": (
+        "one_segment or no_server",
+        {"replies[one_segment]": ("the client opened a second connection",)},
+    ),
+    "drops-undecodable-bytes": (
+        "one_segment or no_server",
+        {
+            "replies[one_segment]": (
+                "expected b'\\xff\\xfe not UTF-8', got b' not UTF-8' and the end",
+            )
+        },
+    ),
+}
+# The broken clients' own reply timeout: the runner's (BROKEN_TIMEOUT) must be longer.
+BROKEN_CLIENT_TIMEOUT = 1
+BROKEN_CLIENT_RUNS = [
+    Run(
+        f"broken-client-{defect}",
+        (
+            "--client-cmd",
+            f"python {shlex.quote(str(BROKEN_CLIENTS))} --defect {defect} --port {{port}} "
+            f"--timeout {BROKEN_CLIENT_TIMEOUT}",
+            "-k",
+            keyword,
+        ),
+        timeout=BROKEN_TIMEOUT,
+    )
+    for defect, (keyword, _) in BROKEN_CLIENT.items()
+]
+
 SEED_SERVER, SEED_CLIENT = SEED_TARGETS
 SEED_SERVER_RUN = target_run(SEED_SERVER, "-k", WITHOUT_BIG)
 # Enough of the client scenarios to show both of its faults: it hangs when a reply
@@ -220,6 +288,7 @@ ALL_RUNS = [
     *CLIENT_RUNS,
     ODD_RUN,
     *BROKEN_RUNS,
+    *BROKEN_CLIENT_RUNS,
     SEED_SERVER_RUN,
     SEED_CLIENT_RUN,
     *RUNNER_RUNS.values(),
@@ -331,6 +400,22 @@ def test_broken_server_fails_where_it_breaks(
         assert f"FAIL server {name}: " in outcome.stdout
 
 
+@pytest.mark.parametrize("run", by_id(BROKEN_CLIENT_RUNS))
+def test_broken_client_fails_where_it_breaks(
+    outcomes: dict[str, Future[Outcome]], run: Run
+) -> None:
+    outcome = outcome_of(outcomes, run)
+    _, expected = BROKEN_CLIENT[run.id.removeprefix("broken-client-")]
+    assert outcome.status == 1, outcome.explain()
+    failed = outcome.failed()
+    assert set(failed) == set(expected), outcome.explain()
+    assert len(outcome.results) > len(expected), "the other scenarios ran, and passed"
+    for name, says in expected.items():
+        assert f"FAIL client {name}: " in outcome.stdout
+        for words in says:
+            assert words in failed[name], outcome.explain()
+
+
 # --- the seed -----------------------------------------------------------------------
 
 
@@ -351,6 +436,7 @@ def test_seed_client_fails_as_documented(outcomes: dict[str, Future[Outcome]], r
     assert "did not exit" in failed["replies[one_segment]"]
     # Halves apart, it gets through but prints the class and sends the CR of a line.
     assert "not the transcript" in failed["replies[halves_apart]"]
+    assert "the server saw: message 5: expected b'a" in failed["replies[halves_apart]"]
 
 
 # --- the runner's own behaviour -----------------------------------------------------
