@@ -27,6 +27,8 @@ the conformance runner against it and check which scenarios catch it::
   what came before it and closes;
 * ``serves-one-at-a-time``: serves one connection until it closes before it reads the
   next (an iterative server);
+* ``drops-everyone-on-reset``: a client's reset closes every connection, as if the
+  error were the server's own;
 * ``exits-on-over``: the whole process exits (status 9) at the first ``over``: a server
   that dies in the middle of a run.
 
@@ -66,6 +68,7 @@ DEFECTS = (
     "text-not-bytes",
     "stops-at-nul",
     "serves-one-at-a-time",
+    "drops-everyone-on-reset",
     "exits-on-over",
 )
 
@@ -83,6 +86,8 @@ class Broken(asyncio.Protocol):
     # serves-one-at-a-time: the connection being served, and those waiting their turn.
     serving: ClassVar[Broken | None] = None
     waiting: ClassVar[deque[Broken]] = deque()
+    # drops-everyone-on-reset: every open connection.
+    everyone: ClassVar[set[Broken]] = set()
 
     def __init__(self, defect: str) -> None:
         self.defect = defect
@@ -98,6 +103,7 @@ class Broken(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        Broken.everyone.add(self)
         if self.defect == "serves-one-at-a-time":
             if Broken.serving is None:
                 Broken.serving = self
@@ -106,6 +112,11 @@ class Broken(asyncio.Protocol):
                 Broken.waiting.append(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        Broken.everyone.discard(self)
+        if self.defect == "drops-everyone-on-reset" and isinstance(exc, ConnectionResetError):
+            for other in list(Broken.everyone):
+                if other.transport is not None:
+                    other.transport.close()
         if self in Broken.waiting:
             Broken.waiting.remove(self)
         if Broken.serving is self:

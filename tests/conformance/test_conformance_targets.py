@@ -180,6 +180,10 @@ BROKEN: dict[str, tuple[str, set[str]]] = {
     # Only the concurrent scenario: the connections it leaves waiting would keep this
     # server from answering any scenario after it.
     "serves-one-at-a-time": ("concurrent or over_closes", {"200_concurrent_connections"}),
+    "drops-everyone-on-reset": (
+        "client_reset or over_closes",
+        {"client_reset_does_not_disturb_others"},
+    ),
 }
 BROKEN_RUNS = [
     Run(
