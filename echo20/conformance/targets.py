@@ -1,20 +1,32 @@
 """echo20's own implementations as conformance targets, run as any other would be.
 
-``make test`` (``tests/conformance/``) and ``make compare`` (``tools/compare.py``) run
-``echo20-conformance`` once per target with :meth:`Target.runner_arguments`: the
-same entry point and flags an outside implementation uses. A target id says which
-implementation on which event loop, in the words the CLIs and the benchmark use
-(``tornado``, ``streams``, ``iostream``, ``protocol``; ``asyncio``, ``uvloop``).
+``make test`` (``tests/conformance/``) runs ``echo20-conformance`` once per target with
+:meth:`Target.runner_arguments`: the same entry point and flags an outside
+implementation uses. A target id says which implementation on which event loop, in the
+words the CLIs and the benchmark use (``tornado``, ``streams``, ``iostream``,
+``protocol``; ``asyncio``, ``uvloop``). ``echo20-conformance compare`` takes them by
+name (:data:`PRESETS`), and ``make compare`` puts them side by side.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import echo20.reference
 from echo20.servers import IMPLEMENTATIONS
 
-__all__ = ["CLIENT_TARGETS", "SEED_TARGETS", "SERVER_TARGETS", "Target", "missing_packages"]
+__all__ = [
+    "CLIENT_TARGETS",
+    "DEFAULT_PRESETS",
+    "PRESETS",
+    "SEED_SERVER_FILE",
+    "SEED_TARGETS",
+    "SERVER_TARGETS",
+    "Target",
+    "missing_packages",
+]
 
 # How long our own clients wait for a reply in the client scenarios: the stalled-reply
 # scenario waits this long, and the suite's timeout must be longer.
@@ -99,13 +111,15 @@ CLIENT_TARGETS: tuple[Target, ...] = (
     ),
 )
 
-# The seed's own server and client, ported to Python 3 as they are (``examples/seed/``
-# in a checkout; run from there). The server takes no flags and listens on 8888; here it
-# is started through its ``main(port, address)`` on a free loopback port, so that a
-# server someone left on 8888 cannot get in the way.
+# The seed's own server, ported to Python 3 as it is: package data, so that it runs
+# wherever echo20 is installed (``examples/seed/tcp_server.py`` in a checkout links to
+# it). It takes no flags and listens on 8888; here it is started through its
+# ``main(port, address)`` on a free loopback port, so that a server someone left on 8888
+# cannot get in the way.
+SEED_SERVER_FILE = Path(echo20.reference.__file__).resolve().parent / "seed" / "tcp_server.py"
 _SEED_SERVER = (
-    "python -c \"import sys; sys.path.insert(0, 'examples/seed'); import tcp_server; "
-    "tcp_server.main({port}, '127.0.0.1')\""
+    f'python -c "import sys; sys.path.insert(0, {str(SEED_SERVER_FILE.parent)!r}); '
+    "import tcp_server; tcp_server.main({port}, '127.0.0.1')\""
 )
 
 SEED_TARGETS: tuple[Target, ...] = (
@@ -115,7 +129,7 @@ SEED_TARGETS: tuple[Target, ...] = (
         _SEED_SERVER,
         "the seed's tcp_server.py, ported as is (prints nothing, takes no flags)",
         ("tornado",),
-        shown="python examples/seed/tcp_server.py",
+        shown="python tcp_server.py (the seed's, port 8888 made {port})",
         clean_exit=False,
     ),
     Target(
@@ -126,3 +140,27 @@ SEED_TARGETS: tuple[Target, ...] = (
         ("tornado",),
     ),
 )
+
+# The servers ``echo20-conformance compare`` knows by name: each implementation on its
+# default loop, by the implementation's name alone; every target above by its id; the
+# seed's server as ``seed``. The first four are what ``compare`` with no server compares.
+DEFAULT_PRESETS = ("tornado", "streams", "iostream", "protocol")
+PRESETS: dict[str, Target] = {
+    "tornado": replace(
+        SERVER_TARGETS[0],
+        id="tornado",
+        command="python -m echo20.reference.tornado_server --port {port}",
+        about="the seed's server on Tornado 6 (the reference)",
+    ),
+    **{
+        impl: Target(
+            impl,
+            "server",
+            f"python -m echo20.server --impl {impl} --port {{port}}",
+            f"the port: {ABOUT[impl]}",
+        )
+        for impl in IMPLEMENTATIONS
+    },
+    "seed": replace(SEED_TARGETS[0], id="seed"),
+    **{target.id: target for target in (*SERVER_TARGETS, SEED_TARGETS[0])},
+}
