@@ -111,6 +111,8 @@ def short_name(command: str) -> str:
     for index, word in enumerate(words):
         if word == "-m" and index + 1 < len(words):
             return words[index + 1]
+        if word == "-c":
+            return " ".join(words[: index + 1])
         if INTERPRETER.fullmatch(os.path.basename(word)) or word.startswith("-"):
             continue
         return os.path.basename(word) or word
