@@ -1,6 +1,7 @@
 """Servers side by side: each scenario's outcomes and each observation, with a verdict.
 
-``echo20-conformance compare`` runs every server, then hands its runs here. A scenario
+``echo20-conformance compare`` runs every server (and client), then hands the runs
+here, as :class:`echo20.conformance.report.Column`. A scenario
 row is ``same`` when every server that ran it had the same outcome; an observation row
 (:mod:`echo20.conformance.observe`, and the 8 MiB cuts the scenarios record) is
 ``differs`` only beyond run-to-run noise: each server's probe is repeated, and two
@@ -23,7 +24,7 @@ from echo20.conformance.observe import (
     ROUND_TRIP,
     Samples,
 )
-from echo20.conformance.report import PASS, SKIPPED, Result
+from echo20.conformance.report import PASS, Column
 
 __all__ = [
     "FACTOR",
@@ -31,7 +32,6 @@ __all__ = [
     "TIME_FLOOR_MS",
     "Measure",
     "Row",
-    "ServerRun",
     "all_rows",
     "observation_rows",
     "scenario_rows",
@@ -53,29 +53,6 @@ DIFFERS = "differs"
 BIG_CUT_SCENARIOS = ("half_close_beyond_kernel_buffers", "over_ends_input_beyond_kernel_buffers")
 CUTS_8_MIB = "cuts_8_mib"
 LARGEST_BATCH = "largest_batch"
-
-
-@dataclass
-class ServerRun:
-    """One server's run: its scenarios' results, its observations, what went wrong."""
-
-    name: str
-    command: str
-    about: str = ""
-    results: list[Result] = field(default_factory=list)
-    observations: dict[str, Samples] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    # Whether it had to exit 0 on SIGTERM, with no traceback (echo20's own servers).
-    clean_exit: bool = False
-
-    def passed(self) -> bool:
-        """Every scenario passed (or was skipped), and nothing went wrong."""
-        return (
-            bool(self.results)
-            and not self.problems
-            and all(r.outcome in (PASS, SKIPPED) for r in self.results)
-        )
 
 
 @dataclass
@@ -120,7 +97,7 @@ def _verdict(
 # --- scenarios ---------------------------------------------------------------------
 
 
-def scenario_rows(runs: list[ServerRun], kind: str = "server") -> list[Row]:
+def scenario_rows(runs: list[Column], kind: str = "server") -> list[Row]:
     """A row per scenario of ``kind``, in the order the runs met them."""
     order: list[str] = []
     for run in runs:
@@ -186,7 +163,7 @@ MEASURES = (
 )
 
 
-def gather(run: ServerRun) -> dict[str, Samples]:
+def gather(run: Column) -> dict[str, Samples]:
     """Every measure's samples for one server: its probes, and what the scenarios recorded."""
     found = {key: run.observations.get(key, Samples()) for key in MEASURES_BY_KEY}
     big = Samples()
@@ -245,7 +222,7 @@ def _cell(measure: Measure, samples: Samples, repeats: int) -> tuple[str, str]:
     return measure.show(statistics.median(values)) + failed, spread
 
 
-def observation_rows(runs: list[ServerRun], repeats: int) -> list[Row]:
+def observation_rows(runs: list[Column], repeats: int) -> list[Row]:
     """A row per measure that some server has samples of (``repeats`` of most)."""
     names = [run.name for run in runs]
     gathered = [gather(run) for run in runs]
@@ -311,10 +288,13 @@ def _group(measure: Measure, samples: list[Samples]) -> list[list[int]]:
     return groups
 
 
-def all_rows(runs: list[ServerRun], repeats: int) -> list[Row]:
-    """Server scenarios, client scenarios (if any ran), then the observations."""
+def all_rows(runs: list[Column], repeats: int) -> list[Row]:
+    """Server scenarios and observations across the servers, client scenarios across the
+    clients: each row's cells are its kind's columns, in order."""
+    servers = [run for run in runs if run.kind == "server"]
+    clients = [run for run in runs if run.kind == "client"]
     return [
-        *scenario_rows(runs, "server"),
-        *scenario_rows(runs, "client"),
-        *observation_rows(runs, repeats),
+        *scenario_rows(servers, "server"),
+        *observation_rows(servers, repeats),
+        *scenario_rows(clients, "client"),
     ]

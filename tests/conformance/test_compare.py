@@ -22,10 +22,10 @@ import pytest
 from support import PYTHON, ROOT, TIMEOUT
 
 from echo20.conformance import compare
-from echo20.conformance.matrix import ServerRun, observation_rows, scenario_rows
+from echo20.conformance.matrix import observation_rows, scenario_rows
 from echo20.conformance.observe import ANSWERED_AFTER_OVER, CLOSE_AFTER_OVER, ROUND_TRIP, Samples
 from echo20.conformance.processes import free_port
-from echo20.conformance.report import Result
+from echo20.conformance.report import Column, Result
 from echo20.conformance.targets import PRESETS, SEED_SERVER_FILE, SEED_TARGETS
 
 COMPARE = (PYTHON, "-m", "echo20.conformance", "compare")
@@ -101,15 +101,15 @@ def test_seed_tornado_server_with_a_fixed_port_against_ours(tmp_path: Path) -> N
     assert "  run to run  " in done.stdout
     assert table_line(done.stdout, "bytes after over answered").endswith("same")
     assert done.stdout.splitlines()[-1].startswith(
-        "echo20-conformance compare: PASS: every server passed every scenario; "
+        "echo20-conformance compare: PASS: every one passed every scenario; "
     )
     document = json.loads(files["cmp.json"].read_text())
-    assert [server["name"] for server in document["servers"]] == ["seed-tornado", "echo20.server"]
+    assert [server["name"] for server in document["columns"]] == ["seed-tornado", "echo20.server"]
     assert differing(document, "server") == {}
     assert differing(document, "observation")["round trip of 8 B (median of 20)"] == [
         "seed-tornado"
     ]
-    seed_rtt = document["servers"][0]["observations"][ROUND_TRIP]["values"]
+    seed_rtt = document["columns"][0]["observations"][ROUND_TRIP]["values"]
     assert len(seed_rtt) == int(REPEATS), seed_rtt
     assert min(seed_rtt) > 20, seed_rtt
     markdown = files["cmp.md"].read_text()
@@ -150,7 +150,7 @@ def test_server_answering_after_over_differs_on_that_scenario_only(tmp_path: Pat
     # It answers for 300 ms after over, then closes: both show, beyond any noise.
     assert observed["bytes after over answered"] == ["late"]
     assert observed["close after over's reply"] == ["late"]
-    late = document["servers"][1]["observations"]
+    late = document["columns"][1]["observations"]
     assert min(late[CLOSE_AFTER_OVER]["values"]) > 200
     assert min(late[ANSWERED_AFTER_OVER]["values"]) > 0
 
@@ -158,13 +158,16 @@ def test_server_answering_after_over_differs_on_that_scenario_only(tmp_path: Pat
 # --- verdicts and the noise rule, on made-up runs -------------------------------------
 
 
-def made_up(name: str, **samples: list[float]) -> ServerRun:
-    return ServerRun(
-        name, f"{name} --port {{port}}", observations={k: Samples(v) for k, v in samples.items()}
+def made_up(name: str, **samples: list[float]) -> Column:
+    return Column(
+        name,
+        f"{name} --port {{port}}",
+        [],
+        observations={k: Samples(v) for k, v in samples.items()},
     )
 
 
-def observation_verdicts(*runs: ServerRun) -> dict[str, str]:
+def observation_verdicts(*runs: Column) -> dict[str, str]:
     return {row.name: row.verdict for row in observation_rows(list(runs), 3)}
 
 
@@ -215,9 +218,9 @@ def test_any_answer_after_over_is_a_difference() -> None:
 
 def test_scenario_verdict_names_the_odd_server_and_its_outcome() -> None:
     runs = [
-        ServerRun("a", "a", results=[Result("over_closes", "server", "pass")]),
-        ServerRun("b", "b", results=[Result("over_closes", "server", "FAIL")]),
-        ServerRun("c", "c", results=[Result("over_closes", "server", "pass")]),
+        Column("a", "a", results=[Result("over_closes", "server", "pass")]),
+        Column("b", "b", results=[Result("over_closes", "server", "FAIL")]),
+        Column("c", "c", results=[Result("over_closes", "server", "pass")]),
     ]
     [row] = scenario_rows(runs)
     assert (row.cells, row.verdict, row.apart) == (
@@ -229,7 +232,7 @@ def test_scenario_verdict_names_the_odd_server_and_its_outcome() -> None:
     assert scenario_rows(runs)[0].verdict == "same"
 
 
-def summarize(runs: list[ServerRun], *flags: str) -> int:
+def summarize(runs: list[Column], *flags: str) -> int:
     args = argparse.Namespace(fail_on_difference="--fail-on-difference" in flags)
     rows = [*scenario_rows(runs), *observation_rows(runs, 3)]
     return compare.summarize(args, runs, rows, 1.0)
@@ -238,10 +241,10 @@ def summarize(runs: list[ServerRun], *flags: str) -> int:
 def test_exit_status_ignores_differences_unless_asked() -> None:
     passing = [Result("over_closes", "server", "pass")]
     runs = [
-        ServerRun(
+        Column(
             "a", "a", results=list(passing), observations={ROUND_TRIP: Samples([44.0, 44.0, 44.1])}
         ),
-        ServerRun(
+        Column(
             "b", "b", results=list(passing), observations={ROUND_TRIP: Samples([0.1, 0.1, 0.2])}
         ),
     ]
@@ -298,10 +301,10 @@ def test_seed_preset_runs_the_file_that_ships_in_the_package() -> None:
     ("arguments", "says"),
     [
         (["tornado"], "compare needs two or more servers"),
-        (["--port", "8888"], "--port goes after the --server-cmd or --server-addr it is for"),
+        (["--port", "8888"], "--port goes right after the --server-cmd it is for"),
         (
             ["tornado", "--server-addr", "127.0.0.1:1", "--port", "8888"],
-            "--port goes after the --server-cmd",
+            "--port goes right after the --server-cmd",
         ),
         (["tornado", "--server-cmd", "./server"], "needs to say where it listens"),
         (["tornado", "--server-cmd", "  "], "--server-cmd is empty"),
@@ -311,7 +314,7 @@ def test_seed_preset_runs_the_file_that_ships_in_the_package() -> None:
             ["tornado", "streams", "--server-addr", "127.0.0.1:1", "--name", "tornado"],
             "two servers named 'tornado'",
         ),
-        (["--name", "x", "tornado", "streams"], "--name goes after the --server-cmd"),
+        (["--name", "x", "tornado", "streams"], "--name goes right after the --server-cmd"),
         (["tornado", "--server-addr", "localhost"], "expected HOST:PORT"),
     ],
 )

@@ -8,9 +8,8 @@ Ctrl-C stops it (the seed printed a traceback). Run it, and test it::
     python examples/seed/tcp_server.py
     echo20-conformance --server-cmd "python examples/seed/tcp_server.py" --port 8888
 
-It ships in the wheel as package data (``echo20/reference/seed/``, which
-``examples/seed/tcp_server.py`` links to), so that ``echo20-conformance compare seed``
-runs it wherever echo20 is installed.
+It ships in the wheel (``echo20/reference/seed/``, which ``examples/seed/`` links to),
+so that ``echo20-conformance compare seed`` runs it wherever echo20 is installed.
 
 What Python 3 and Tornado 6 changed, and nothing else:
 
