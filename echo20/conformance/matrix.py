@@ -209,13 +209,13 @@ def _cell(measure: Measure, samples: Samples, repeats: int) -> tuple[str, str]:
         text = "none" if not answered else f"{max(values):,.0f} B"
         return text + failed, f"{answered} of {len(values)} runs answered"
     low, high = measure.show(min(values)), measure.show(max(values))
+    runs = len(values)
     if low == high:
-        spread = f"{low}, every run"
+        spread = f"{low} every run" if runs == repeats else f"{low} in all {runs} runs"
     else:
         number, _, unit = high.partition(" ")
         spread = f"{low.partition(' ')[0]}-{number} {unit}"
-    if len(values) != repeats:
-        spread += f" ({len(values)} runs)"
+        spread += f" over {runs} runs" if runs != repeats else ""
     if samples.batches:
         largest = max(max(batches) for batches in samples.batches if batches)
         return f"{_batches(statistics.median(values))} <= {largest:,} B{failed}", spread

@@ -204,7 +204,7 @@ def test_noise_is_the_range_of_the_repeats() -> None:
         3,
     )
     assert row.cells == ["44.1 ms", "0.100 ms"]
-    assert row.noise == ["44.0-47.9 ms", "0.100 ms, every run"]
+    assert row.noise == ["44.0-47.9 ms", "0.100 ms every run"]
 
 
 def test_any_answer_after_over_is_a_difference() -> None:
