@@ -228,6 +228,8 @@ def test_scenario_verdict_names_the_odd_server_and_its_outcome() -> None:
         "differs: b FAIL",
         ["b"],
     )
+    # Two servers, one failing: the failing one is the odd one, whatever the order.
+    assert scenario_rows(runs[1::-1])[0].verdict == "differs: b FAIL"
     runs[1].results[0].outcome = "pass"
     assert scenario_rows(runs)[0].verdict == "same"
 
