@@ -253,19 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     run = parser.add_argument_group("the run")
-    run.add_argument("-k", dest="keyword", metavar="EXPR", help="only scenarios matching EXPR")
+    runner.add_selection_arguments(run)
     run.add_argument(
         "--repeats",
         type=at_least_two_or_none,
         default=DEFAULT_REPEATS,
         metavar="N",
         help="observe each server N times, to know the noise (0: no observations)",
-    )
-    run.add_argument(
-        "--timeout",
-        type=cli.positive_float,
-        default=10.0,
-        help="seconds any wait may take: a server starting, a reply",
     )
     run.add_argument(
         "--fail-on-difference",

@@ -137,13 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = parser.add_argument_group("the run")
     run.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    run.add_argument("-k", dest="keyword", metavar="EXPR", help="only scenarios matching EXPR")
-    run.add_argument(
-        "--timeout",
-        type=cli.positive_float,
-        default=10.0,
-        help="seconds any wait may take: a server starting, a reply, a client finishing",
-    )
+    add_selection_arguments(run)
     run.add_argument("--junit-xml", type=Path, metavar="FILE", help="write JUnit XML here")
     run.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown report here")
     run.add_argument("--name", help="the implementation's name in reports (default: its command)")
@@ -151,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="every scenario's name, and failures in full"
     )
     return parser
+
+
+def add_selection_arguments(group: argparse._ArgumentGroup) -> None:
+    """``-k`` and ``--timeout``, the same for a single run and ``compare``."""
+    group.add_argument("-k", dest="keyword", metavar="EXPR", help="only scenarios matching EXPR")
+    group.add_argument(
+        "--timeout",
+        type=cli.positive_float,
+        default=10.0,
+        help="seconds any wait may take: a server starting, a reply, a client finishing",
+    )
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
