@@ -155,6 +155,38 @@ def test_server_answering_after_over_differs_on_that_scenario_only(tmp_path: Pat
     assert min(late[ANSWERED_AFTER_OVER]["values"]) > 0
 
 
+def test_servers_that_cannot_run_are_one_line_each_and_the_rest_still_runs() -> None:
+    unused = free_port()
+    done = run_compare(
+        "--server-cmd",
+        "python -c 'import sys; sys.exit(3)'",
+        "--port",
+        str(unused),
+        "--server-addr",
+        f"127.0.0.1:{unused}",
+        "--server-cmd",
+        "python -m echo20.server --port {port}",
+        "-k",
+        "over_closes",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    first, second = done.stderr.splitlines()
+    assert first == (
+        "echo20-conformance compare: python -c: the server exited with status 3 before it "
+        f"listened on 127.0.0.1:{unused}"
+    )
+    assert second.startswith(
+        f"echo20-conformance compare: 127.0.0.1:{unused}: nothing accepts connections on "
+    )
+    assert "refused" in second.lower()
+    # The table still comes, the two that did not run marked so.
+    row = table_line(done.stdout, "over_closes")
+    assert row.count("not run") == 2
+    assert row.count("pass") == 1
+    assert row.endswith("not compared: 1 server(s) to compare")
+
+
 # --- verdicts and the noise rule, on made-up runs -------------------------------------
 
 
