@@ -12,7 +12,7 @@ import pytest
 from echo20 import client as echo_client
 from echo20 import server as echo_server
 from echo20.bench import cli as bench_cli
-from echo20.conformance import runner
+from echo20.conformance import compare, runner
 from echo20.reference import tornado_client, tornado_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +24,7 @@ PARSERS = {
     "echo20-client": (echo_client.build_parser, "client.md"),
     "echo20-bench": (bench_cli.build_parser, "bench.md"),
     "echo20-conformance": (runner.build_parser, "conformance-runner.md"),
+    "echo20-conformance compare": (compare.build_parser, "conformance-runner.md"),
     "tornado_server": (tornado_server.build_parser, "conformance-runner.md"),
     "tornado_client": (tornado_client.build_parser, "conformance-runner.md"),
 }
