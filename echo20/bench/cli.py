@@ -23,7 +23,7 @@ from echo20.bench.compare import command_compare
 from echo20.bench.matrix import command_run
 from echo20.bench.measure import RAMP_TIMEOUT
 from echo20.bench.memory import command_cold_start, command_idle
-from echo20.bench.servers import command_serve_floor
+from echo20.bench.servers import command_serve_floor, command_serve_sockets
 from echo20.bench.targets import DEFAULT_TARGETS, TARGETS
 from echo20.bench.units import (
     byte_count,
@@ -232,8 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="The least a Python server can do per batch on the chosen loop.",
         formatter_class=cli.HelpFormatter,
     )
-    cli.add_connection_arguments(floor)
-    cli.add_logging_arguments(floor)
+    sockets = commands.add_parser(
+        "serve-sockets",
+        help="run the sockets target (loop.sock_recv and loop.sock_sendall, no transports)",
+        description=(
+            "The echo20 server on the loop's socket calls (sock_accept, sock_recv, "
+            "sock_sendall), a task per connection: vmbench's third shape."
+        ),
+        formatter_class=cli.HelpFormatter,
+    )
+    for server in (floor, sockets):
+        cli.add_connection_arguments(server)
+        cli.add_logging_arguments(server)
     return parser
 
 
@@ -244,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if args.command == "serve-floor":
         return command_serve_floor(args, parser)
+    if args.command == "serve-sockets":
+        return command_serve_sockets(args, parser)
     if cli.missing_extra(PROGRAM, "bench", ["rich", "hdrh"]):  # hdrh: hdrhistogram's module
         return 1
     handlers = {

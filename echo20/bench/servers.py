@@ -1,23 +1,33 @@
-"""The bench-only server: ``floor``, the least a Python server can do on a loop.
+"""The bench-only servers: ``floor`` and ``sockets``, two bounds for the echo20 servers.
 
-Each received batch is answered with one write of its reply (``build_reply``) and
-nothing else: no counters, limits, ``over`` or flow control. Not a product: it shows how
-much of a target's ratio to the C server is the event loop's own cost, which no server
-code can remove.
+* ``floor`` (``echo20-bench serve-floor``): the least a Python server can do on a loop.
+  Each received batch is answered with one write of its reply (``build_reply``) and
+  nothing else: no counters, limits, ``over`` or flow control. Not a product: it shows
+  how much of a target's ratio to the C server is the event loop's own cost, which no
+  server code can remove.
+* ``sockets`` (``echo20-bench serve-sockets``): the echo20 server in vmbench's third
+  shape, on the loop's socket calls (``loop.sock_accept``, ``loop.sock_recv``,
+  ``loop.sock_sendall``) with a task per connection, no transports or protocols,
+  driving the one core (``EchoSession.answer``). It does not fit ``ConnectionServer``,
+  which is built on the loop's ``asyncio.Server`` and transports, so it lives here.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import socket
 from typing import cast
 
 from echo20 import cli, loops, runtime
-from echo20.protocol import build_reply
+from echo20.netutil import DEFAULT_BACKLOG
+from echo20.protocol import EchoSession, build_reply
 
-__all__ = ["command_serve_floor"]
+__all__ = ["command_serve_floor", "command_serve_sockets"]
 
-PROGRAM = "echo20-bench serve-floor"
+# Bytes asked of each sock_recv: asyncio's own read size, and the C server's.
+RECV_SIZE = 256 * 1024
 
 
 class FloorProtocol(asyncio.Protocol):
@@ -63,27 +73,128 @@ def floor_protocol(loop: asyncio.AbstractEventLoop) -> type[asyncio.BaseProtocol
     return FloorProtocol
 
 
-async def serve_floor(host: str, port: int, loop_name: str) -> int:
-    """Listen, print the ready line, serve until SIGINT/SIGTERM."""
+class Listening:
+    """What a bench server listens with; ``close`` stops it and its connections."""
+
+    def __init__(self, address: object) -> None:
+        self.address = address
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class FloorListening(Listening):
+    def __init__(self, server: asyncio.Server) -> None:
+        super().__init__(server.sockets[0].getsockname())
+        self.server = server
+
+    async def close(self) -> None:
+        self.server.close()
+
+
+async def listen_floor(args: argparse.Namespace) -> Listening:
     loop = asyncio.get_running_loop()
+    server = await loop.create_server(floor_protocol(loop), args.host, args.port)
+    return FloorListening(server)
+
+
+async def serve_socket(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """One connection of the sockets server: receive, answer, send, until ``over`` or
+    the client's end of stream."""
+    session = EchoSession()
+    with sock:
+        with contextlib.suppress(OSError):  # a reset peer ends the connection, no more
+            while not session.closing:
+                data = await loop.sock_recv(sock, RECV_SIZE)
+                if not data:
+                    break
+                await loop.sock_sendall(sock, session.answer(data))
+        # Shut down before closing: veloxloop 0.2's sock_* calls keep a duplicate of the
+        # descriptor, so close() alone would leave the client waiting for the end.
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class SocketsListening(Listening):
+    """A listening socket, the task accepting on it and a task per connection."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        super().__init__(listener.getsockname())
+        self.listener = listener
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.accepting = asyncio.get_running_loop().create_task(self.accept())
+
+    async def accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(self.listener)
+            except OSError:
+                continue  # the client left before it was accepted (ECONNABORTED)
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                # As asyncio's transports and the C server set it.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(serve_socket(loop, sock))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def close(self) -> None:
+        self.accepting.cancel()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(self.accepting, *self.tasks, return_exceptions=True)
+        self.listener.close()
+
+
+async def listen_sockets(args: argparse.Namespace) -> Listening:
+    loop = asyncio.get_running_loop()
+    family, kind, proto, _, address = (
+        await loop.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    )[0]
+    listener = socket.socket(family, kind, proto)
     try:
-        server = await loop.create_server(floor_protocol(loop), host, port)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(DEFAULT_BACKLOG)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return SocketsListening(listener)
+
+
+async def serve(args: argparse.Namespace, program: str, loop_name: str) -> int:
+    """Listen, print the ready line, serve until SIGINT/SIGTERM."""
+    listen = listen_sockets if args.shape == "sockets" else listen_floor
+    try:
+        listening = await listen(args)
     except OSError as error:
-        cli.listen_error_line(PROGRAM, f"{host}:{port}", error)
+        cli.listen_error_line(program, f"{args.host}:{args.port}", error)
         return 1
     stop = asyncio.Event()
     runtime.install_stop_signals(stop)
     # No serve_forever(): on rloop 0.5 it stops the server from accepting.
-    print(cli.ready_line(server.sockets[0].getsockname(), loop_name), flush=True)
+    print(cli.ready_line(listening.address, loop_name), flush=True)
     await stop.wait()
-    server.close()
+    await listening.close()
     return 0
 
 
-def command_serve_floor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def run_bench_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     cli.configure_logging(args.log_level)
     runtime.raise_open_file_limit()
     runtime.raise_malloc_mmap_threshold()
     loop_name, factory = cli.resolve_loop(parser, args.loop)
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve_floor(args.host, args.port, loop_name))
+        return runner.run(serve(args, parser.prog, loop_name))
+
+
+def command_serve_floor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    args.shape = "floor"
+    return run_bench_server(args, parser)
+
+
+def command_serve_sockets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    args.shape = "sockets"
+    return run_bench_server(args, parser)

@@ -6,6 +6,9 @@ Targets (the same words as the command lines; labels are ``target-loop``):
 * ``floor``: the least a Python server can do on the loop: a bare protocol that writes
   each batch's reply and nothing else (``echo20-bench serve-floor``). Not a product:
   it shows how much of a ratio to ``c`` is the event loop's own cost.
+* ``sockets``: the echo20 server on the loop's ``sock_accept``, ``sock_recv`` and
+  ``sock_sendall``, a task per connection (``echo20-bench serve-sockets``): vmbench's
+  third shape, beside the streams and protocol ones.
 * ``tornado``: the Tornado reference as it is (Nagle on: about 40 ms per exchange).
 * ``tornado-nodelay``: the same with ``TCP_NODELAY``, to compare CPU fairly.
 * ``streams``, ``iostream``, ``protocol``: ``echo20-server --impl NAME``.
@@ -23,7 +26,7 @@ from echo20.servers import IMPLEMENTATIONS
 
 __all__ = ["C_LOOP", "DEFAULT_TARGETS", "TARGETS", "Target", "expand_targets", "server_argv"]
 
-TARGETS = ("c", "floor", "tornado", "tornado-nodelay", *IMPLEMENTATIONS, "protocol-pure")
+TARGETS = ("c", "floor", "sockets", "tornado", "tornado-nodelay", *IMPLEMENTATIONS, "protocol-pure")
 # protocol-pure is the fast path with the C accelerator turned off
 # (ECHO20_PURE_PYTHON=1): asked for by name, to see what the accelerator buys.
 DEFAULT_TARGETS = TARGETS[:-1]
@@ -82,8 +85,8 @@ def server_argv(target: Target, host: str, c_server: str) -> list[str]:
         return [python, "-m", "echo20.reference.tornado_server", *common]
     if target.name == "tornado-nodelay":
         return [python, "-m", "echo20.reference.tornado_server", *common, "--nodelay"]
-    if target.name == "floor":
-        return [python, "-m", "echo20.bench", "serve-floor", *common]
+    if target.name in ("floor", "sockets"):
+        return [python, "-m", "echo20.bench", f"serve-{target.name}", *common]
     if target.name == "protocol-pure":
         # env(1) execs the server in place: the process measured is the server itself.
         return [
