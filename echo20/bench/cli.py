@@ -6,6 +6,7 @@ Run it::
     echo20-bench run --targets c,protocol --loops uvloop --connections 16 --sizes 200
     echo20-bench run --targets protocol --rate 50%    # open loop at half its capacity
     echo20-bench run --targets c,protocol --rates 20%,50%,80%   # latency against load
+    echo20-bench run --server-cmd "python my_server.py --port {port}"   # any echo20 server
     echo20-bench compare old/bench.json new/bench.json
     echo20-bench idle --connections 10000             # RSS per idle connection
     echo20-bench cold-start                           # a fresh server against a warm one
@@ -14,6 +15,7 @@ Run it::
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from echo20.bench.compare import command_compare
 from echo20.bench.matrix import command_run
 from echo20.bench.measure import RAMP_TIMEOUT
 from echo20.bench.memory import command_cold_start, command_idle
+from echo20.bench.processes import READY_TIMEOUT
 from echo20.bench.servers import command_serve_floor, command_serve_sockets
 from echo20.bench.targets import DEFAULT_TARGETS, TARGETS
 from echo20.bench.units import (
@@ -50,14 +53,27 @@ def loopback_host(text: str) -> str:
     return text
 
 
+def server_command(text: str) -> str:
+    """argparse type for ``--server-cmd``: a command line with ``{port}`` in it."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"cannot split {text!r}: {error}") from None
+    if not argv:
+        raise argparse.ArgumentTypeError("the command is empty")
+    if "{port}" not in text:
+        raise argparse.ArgumentTypeError(f"put {{port}} where the server takes its port: {text!r}")
+    return text
+
+
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """``--targets`` and ``--loops``."""
     available = loops.available_loops()
     parser.add_argument(
         "--targets",
         type=name_list(TARGETS),
-        default=",".join(DEFAULT_TARGETS),
-        help="comma-separated targets; each runs on each of --loops (c on epoll only)",
+        help="comma-separated targets; each runs on each of --loops (c on epoll only) "
+        f"(default: {','.join(DEFAULT_TARGETS)}; with --server-cmd: c)",
     )
     parser.add_argument(
         "--loops",
@@ -178,6 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=rate_list,
         help="open loop at each of these rates (10%%,50%%,90%% or 5k,10k,20k): latency "
         "against throughput, drawn in sweep.png",
+    )
+    run.add_argument(
+        "--server-cmd",
+        dest="server_cmds",
+        action="append",
+        type=server_command,
+        metavar="CMD",
+        help="also benchmark this echo20 server, repeatable: {port} in CMD becomes a free "
+        "port ({host} the --host); ready once the port accepts connections, every reply "
+        "verified; labelled server-cmd, server-cmd-2, ...",
+    )
+    run.add_argument(
+        "--ready-timeout",
+        type=cli.positive_float,
+        default=READY_TIMEOUT,
+        help="seconds each server gets to listen (its ready line; for --server-cmd, its "
+        "port accepting connections)",
     )
     run.add_argument(
         "--budget",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from echo20.bench.environment import environment, load_average, loadgen_share
 from echo20.bench.measure import Load, Run, measure
 from echo20.bench.processes import Pinning, Server, choose_cpus, servers_running
 from echo20.bench.stats import Cell, add_ratios
-from echo20.bench.targets import Target, expand_targets
+from echo20.bench.targets import DEFAULT_TARGETS, Target, command_targets, expand_targets
 from echo20.bench.tools import Tools, build_tools
 from echo20.bench.units import format_size
 
@@ -54,7 +55,9 @@ def progress_bar(total: int) -> Iterator[Status]:
         TimeRemainingColumn,
     )
 
+    console = Console(stderr=True)
     # Two refreshes a second: the bar's thread must not compete with what it measures.
+    # Only on a terminal: piped, stderr keeps the run's one-line messages alone.
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -62,7 +65,8 @@ def progress_bar(total: int) -> Iterator[Status]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         refresh_per_second=2,
-        console=Console(stderr=True),
+        console=console,
+        disable=not console.is_terminal,
     ) as progress:
         task = progress.add_task("starting servers", total=total)
         yield Status(partial(progress.update, task))
@@ -105,7 +109,15 @@ def prepare(args: argparse.Namespace) -> Setup:
     runtime.raise_open_file_limit()
     tools = build_tools(out_dir / "build")
     pinning = choose_cpus(args.pin)
-    targets, skipped = expand_targets(args.targets, args.loops)
+    commands = command_targets(getattr(args, "server_cmds", None) or [])
+    names = args.targets
+    if names is None:
+        # A --server-cmd run compares the user's server with the C reference alone.
+        names = ["c"] if commands else list(DEFAULT_TARGETS)
+    targets, skipped = expand_targets(names, args.loops)
+    # The user's servers right after the C reference, before every other target.
+    cut = 1 if targets and targets[0].name == "c" else 0
+    targets[cut:cut] = commands
     return Setup(out_dir, tools, pinning, targets, skipped, environment(args.loops, pinning.note))
 
 
@@ -134,6 +146,7 @@ def command_run(args: argparse.Namespace) -> int:
             cpu=pinning.server_cpu,
             failures=failures,
             exit_statuses=exit_statuses,
+            ready_timeout=args.ready_timeout,
         ) as servers,
     ):
         for target in targets:
@@ -155,11 +168,12 @@ def command_run(args: argparse.Namespace) -> int:
     add_ratios(ordered)
     env["loadgen_cpu"] = loadgen_share([cell.summary for cell in ordered])
     budgets = budget_checks.evaluate(args.budgets or [], ordered)
-    problems = list(skipped) + [f"{t.label}: did not start: {why}" for t, why in failures.items()]
+    problems = list(skipped) + [f"{t.label}: {why}" for t, why in failures.items()]
     problems += [
         f"{t.label}: exit status {code} after SIGTERM (expected 0)"
         for t, code in exit_statuses.items()
-        if code != 0
+        # A --server-cmd server may well leave SIGTERM's default action (death) alone.
+        if code != 0 and not (t.command and code == -signal.SIGTERM)
     ]
     command = shlex.join([PROGRAM, *args.argv])
     settings = {
@@ -207,8 +221,9 @@ def run_point(
         cell = cells[(target, point, rate)]
         where = f"{target.label} {point[0]} × {format_size(point[1])} {rate or 'closed'}"
         status.now(f"{where} (repeat {repeat + 1}/{args.repeats})")
-        if server is None:
-            run = Run(error=f"did not start: {failure}")
+        if server is None or failure is not None:
+            # A server that answered the priming exchange wrongly is not measured.
+            run = Run(error=failure or "did not start")
         else:
             per_second = None if rate is None else asked_rate(rate, closed)
             if rate is not None and per_second is None:

@@ -102,8 +102,7 @@ def run_loadgen(
     """Run the C load generator once; its JSON report (BenchError if it failed)."""
     argv = [
         str(tools.loadgen),
-        "--host", server.host,
-        "--port", str(server.port),
+        *server.address_args(),
         "--connections", str(connections),
         "--size", str(size),
         "--warmup", str(load.warmup),

@@ -2,7 +2,9 @@
 
 Every target is its own process, in its own session (a Ctrl-C reaches the benchmark
 only, which then stops every server itself), pinned to one CPU, known to be listening
-from its ready line.
+from its ready line; a ``--server-cmd`` server, which may print nothing, once its port
+accepts connections. Its CPU is measured in the process that holds the listening
+socket, so a wrapper (a shell, a launcher script) is not mistaken for the server.
 """
 
 from __future__ import annotations
@@ -23,10 +25,20 @@ from typing import IO
 
 from echo20.bench.targets import Target, server_argv
 from echo20.bench.tools import Tools
+from echo20.conformance.processes import command_argv, describe_status, free_port
 from echo20.errors import BenchError, ProtocolError
+from echo20.netutil import format_address
 from echo20.protocol import split_reply
 
-__all__ = ["Pinning", "Server", "choose_cpus", "servers_running", "start_target"]
+__all__ = [
+    "Address",
+    "Pinning",
+    "Server",
+    "choose_cpus",
+    "servers_running",
+    "start_command",
+    "start_target",
+]
 
 # Seconds a server gets to print its ready line (Tornado and uvloop imports on a busy
 # machine take a while), and to exit after SIGTERM before it is killed.
@@ -40,10 +52,19 @@ QUIET_INTERVAL = 0.1
 QUIET_SHARE = 0.02
 QUIET_TIMEOUT = 15.0
 
+# Seconds between two connection attempts to a --server-cmd server that is starting.
+KNOCK_INTERVAL = 0.05
+# A server's last words on stderr, cut to this length in a one-line message.
+LAST_WORDS_LENGTH = 200
+
 READY_LINE = re.compile(
-    r"^echo20 listening on (?:\[(?P<host6>[^\]]+)\]|(?P<host>[^:\s]+)):(?P<port>\d+)"
+    r"^echo20 listening on (?:unix:(?P<path>.+)|"
+    r"(?:\[(?P<host6>[^\]]+)\]|(?P<host>[^:\s]+)):(?P<port>\d+))"
     r" \(loop: (?P<loop>[\w-]+)\)$"
 )
+
+# Where a server listens: (host, port), or a Unix socket's path.
+Address = tuple[str, int] | str
 
 
 @dataclass(frozen=True)
@@ -142,18 +163,39 @@ def wait_until_idle(pid: int) -> bool:
 
 @dataclass
 class Server:
-    """A target's server process, known to be listening."""
+    """A target's server process, known to be listening on ``address``."""
 
     target: Target
     process: subprocess.Popen[bytes]
-    host: str
-    port: int
+    address: Address
     ready_line: str
     stderr_path: Path
+    # The process whose CPU and memory are measured: the one holding the listening
+    # socket (None: the process started).
+    measured_pid: int | None = None
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.measured_pid or self.process.pid
+
+    def address_args(self) -> list[str]:
+        """The C load generator's arguments that name this server's address."""
+        if isinstance(self.address, str):
+            return ["--unix", self.address]
+        return ["--host", self.address[0], "--port", str(self.address[1])]
+
+    def connect(self, timeout: float) -> socket.socket:
+        """A blocking connection to the server."""
+        if isinstance(self.address, str):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self.address)
+            except OSError:
+                sock.close()
+                raise
+            return sock
+        return socket.create_connection(self.address, timeout=timeout)
 
     def exit_status(self) -> int | None:
         """None while it runs."""
@@ -167,20 +209,34 @@ class Server:
         return "\n".join(text.strip().splitlines()[-lines:])
 
     def stop(self) -> int:
-        """SIGTERM, then the exit status; killed (and -9 returned) after STOP_TIMEOUT."""
+        """SIGTERM to its process group, then the exit status; killed (and -9 returned)
+        after STOP_TIMEOUT. The group: a wrapper's server goes with it."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            signal_group(self.process.pid, signal.SIGTERM)
         try:
             status = self.process.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            signal_group(self.process.pid, signal.SIGKILL)
             status = self.process.wait()
         if self.process.stdout is not None:
             self.process.stdout.close()
         return status
 
 
-def start_server(target: Target, argv: Sequence[str], *, log_dir: Path, cpu: int | None) -> Server:
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """``sig`` to the process group ``pid`` leads (each server starts a session)."""
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def start_server(
+    target: Target,
+    argv: Sequence[str],
+    *,
+    log_dir: Path,
+    cpu: int | None,
+    ready_timeout: float = READY_TIMEOUT,
+) -> Server:
     """Start a server, wait for its ready line, pin it; BenchError (with stderr) if it fails."""
     log_dir.mkdir(parents=True, exist_ok=True)
     stderr_path = log_dir / f"{target.label}.stderr"
@@ -194,7 +250,7 @@ def start_server(target: Target, argv: Sequence[str], *, log_dir: Path, cpu: int
         )
     assert process.stdout is not None
     try:
-        line = read_line(process.stdout, time.monotonic() + READY_TIMEOUT)
+        line = read_line(process.stdout, time.monotonic() + ready_timeout)
     except TimeoutError:
         line = ""
     except BaseException:  # Ctrl-C while it starts: no server is left behind
@@ -202,7 +258,7 @@ def start_server(target: Target, argv: Sequence[str], *, log_dir: Path, cpu: int
         process.wait()
         raise
     match = READY_LINE.match(line.strip())
-    server = Server(target, process, "", 0, line.strip(), stderr_path)
+    server = Server(target, process, "", line.strip(), stderr_path)
     if match is None:
         status = server.stop()
         said = f"printed {line.strip()!r}" if line.strip() else "printed no ready line"
@@ -210,19 +266,149 @@ def start_server(target: Target, argv: Sequence[str], *, log_dir: Path, cpu: int
         raise BenchError(
             f"{shlex.join(argv)} {said} (exit status {status})" + (f": {tail}" if tail else "")
         )
-    server.host = match.group("host6") or match.group("host")
-    server.port = int(match.group("port"))
+    if match.group("path") is not None:
+        server.address = match.group("path")
+    else:
+        server.address = (match.group("host6") or match.group("host"), int(match.group("port")))
     if cpu is not None:
         pin_process(server.pid, cpu)
     return server
 
 
 def start_target(
-    target: Target, *, tools: Tools, host: str, log_dir: Path, cpu: int | None
+    target: Target,
+    *,
+    tools: Tools,
+    host: str,
+    log_dir: Path,
+    cpu: int | None,
+    ready_timeout: float = READY_TIMEOUT,
 ) -> Server:
-    """Start one target's server."""
+    """Start one target's server (a --server-cmd one through :func:`start_command`)."""
+    if target.command:
+        return start_command(
+            target, host=host, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout
+        )
     argv = server_argv(target, host, str(tools.server))
-    return start_server(target, argv, log_dir=log_dir, cpu=cpu)
+    return start_server(target, argv, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout)
+
+
+def start_command(
+    target: Target,
+    *,
+    host: str,
+    log_dir: Path,
+    cpu: int | None,
+    ready_timeout: float = READY_TIMEOUT,
+) -> Server:
+    """Start a ``--server-cmd`` server on a free port and wait until the port accepts a
+    connection: any echo20 server will do, whatever it prints (its output goes to its
+    log). BenchError, one line, if it exits first or does not listen in time."""
+    port = free_port(host)
+    argv = command_argv(target.command, port=port, host=host)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{target.label}.stderr"
+    shown = f"--server-cmd {target.command!r}"
+    with log_path.open("ab") as log:
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise BenchError(
+                f"{shown}: cannot run {argv[0]!r}: {error.strerror or error}"
+            ) from None
+    server = Server(target, process, (host, port), "", log_path)
+    try:
+        wait_until_listening(server, shown, ready_timeout)
+    except BaseException:  # BenchError, or Ctrl-C while it starts: no server is left behind
+        server.stop()
+        raise
+    server.measured_pid = listening_pid(process.pid, server.address)
+    if cpu is not None:
+        pin_process(server.pid, cpu)
+    return server
+
+
+def wait_until_listening(server: Server, shown: str, timeout: float) -> None:
+    """Knock until the server accepts a connection; BenchError if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    where = format_address(server.address)
+    while True:
+        try:
+            with server.connect(KNOCK_INTERVAL * 10):
+                return
+        except OSError:
+            pass  # not listening yet
+        status = server.exit_status()
+        if status is not None:
+            raise BenchError(
+                f"{shown}: the server {describe_status(status)} before it listened on "
+                f"{where}{last_words(server)}"
+            )
+        if time.monotonic() >= deadline:
+            raise BenchError(
+                f"{shown}: nothing accepted connections on {where} within {timeout:g} s "
+                f"(is {{port}} where it listens?){last_words(server)}"
+            )
+        time.sleep(KNOCK_INTERVAL)  # sleep-ok: polling a port that no event announces
+
+
+def last_words(server: Server) -> str:
+    """`` (its last words: '...')`` from its log, for a one-line message; or nothing."""
+    words = server.stderr_tail(1).strip()
+    if not words:
+        return ""
+    if len(words) > LAST_WORDS_LENGTH:
+        words = words[: LAST_WORDS_LENGTH - 3] + "..."
+    return f" (its last words: {words!r})"
+
+
+def listening_inodes(address: Address) -> set[str]:
+    """The inodes of the listening sockets bound to ``address``, from ``/proc/net``."""
+    inodes: set[str] = set()
+    if isinstance(address, str):
+        with suppress(OSError):
+            for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+                fields = line.split()
+                # Num RefCount Protocol Flags Type St Inode Path; St 01: listening.
+                if len(fields) >= 8 and fields[7] == address and fields[5] == "01":
+                    inodes.add(fields[6])
+        return inodes
+    port = f"{address[1]:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # sl local rem st ... inode (field 9); st 0A: LISTEN.
+                if len(fields) > 9 and fields[1].endswith(f":{port}") and fields[3] == "0A":
+                    inodes.add(fields[9])
+    return inodes
+
+
+def listening_pid(leader: int, address: Address) -> int:
+    """The process of ``leader``'s session that holds the socket listening on
+    ``address``: the server itself when ``leader`` is a wrapper; ``leader`` if none is
+    found (or several are: the session's first is as good a guess as any)."""
+    inodes = {f"socket:[{inode}]" for inode in listening_inodes(address)}
+    holders: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getsid(pid) != leader:
+                continue
+            links = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
+        except OSError:
+            continue
+        if links & inodes:
+            holders.append(pid)
+    return holders[0] if len(holders) == 1 else leader
 
 
 def prime(server: Server) -> None:
@@ -234,7 +420,7 @@ def prime(server: Server) -> None:
     effect; the matrix measures servers past it.
     """
     message = b"prime"
-    with socket.create_connection((server.host, server.port), timeout=PRIME_TIMEOUT) as sock:
+    with server.connect(PRIME_TIMEOUT) as sock:
         sock.sendall(message)
         reply = b""
         while len(reply) < 2 * len(message):
@@ -245,7 +431,11 @@ def prime(server: Server) -> None:
     try:
         split_reply(message, reply)
     except ProtocolError as error:
-        raise BenchError(f"{server.target.label}: wrong reply to {message!r}: {error}") from None
+        raise WrongReplyError(f"wrong reply to {message!r}: {error}") from None
+
+
+class WrongReplyError(BenchError):
+    """The priming exchange's reply is not the echo20 reply: the server is wrong."""
 
 
 @contextmanager
@@ -258,22 +448,40 @@ def servers_running(
     cpu: int | None,
     failures: dict[Target, str],
     exit_statuses: dict[Target, int],
+    ready_timeout: float = READY_TIMEOUT,
 ) -> Iterator[dict[Target, Server]]:
     """Start and prime every target; stop them all on the way out, whatever happens.
 
-    A target that does not start is left out of the yielded dict, its reason recorded in
-    ``failures``; every exit status after SIGTERM goes into ``exit_statuses``.
+    ``--server-cmd`` servers start first, and one that does not listen is a BenchError:
+    the user's own server is the point of such a run. Another target that does not start
+    is left out of the yielded dict; its reason (``did not start: ...``, or ``wrong
+    reply: ...`` for one that answered the priming exchange wrongly) goes into
+    ``failures``. Every exit status after SIGTERM goes into ``exit_statuses``.
     """
     servers: dict[Target, Server] = {}
     try:
-        for target in targets:
+        for target in sorted(targets, key=lambda target: not target.command):
             try:
-                servers[target] = start_target(
-                    target, tools=tools, host=host, log_dir=log_dir, cpu=cpu
+                server = start_target(
+                    target,
+                    tools=tools,
+                    host=host,
+                    log_dir=log_dir,
+                    cpu=cpu,
+                    ready_timeout=ready_timeout,
                 )
-                prime(servers[target])
             except (BenchError, OSError) as error:
+                if target.command:
+                    raise BenchError(str(error)) from None
+                failures[target] = f"did not start: {error}"
+                continue
+            servers[target] = server
+            try:
+                prime(server)
+            except WrongReplyError as error:
                 failures[target] = str(error)
+            except (BenchError, OSError) as error:
+                failures[target] = f"did not answer: {error}"
         yield servers
     finally:
         for target, server in servers.items():

@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from echo20 import loops
 from echo20.servers import IMPLEMENTATIONS
 
-__all__ = ["C_LOOP", "DEFAULT_TARGETS", "TARGETS", "Target", "expand_targets", "server_argv"]
+__all__ = [
+    "COMMAND_TARGET",
+    "C_LOOP",
+    "DEFAULT_TARGETS",
+    "TARGETS",
+    "Target",
+    "command_targets",
+    "expand_targets",
+    "server_argv",
+]
 
 TARGETS = ("c", "floor", "sockets", "tornado", "tornado-nodelay", *IMPLEMENTATIONS, "protocol-pure")
 # protocol-pure is the fast path with the C accelerator turned off
@@ -34,18 +43,30 @@ DEFAULT_TARGETS = TARGETS[:-1]
 TORNADO_LOOPS = ("asyncio", "uvloop")
 # What the C reference's ready line says instead of a Python loop's name.
 C_LOOP = "epoll"
+# The label of a server started from --server-cmd.
+COMMAND_TARGET = "server-cmd"
 
 
 @dataclass(frozen=True, order=True)
 class Target:
-    """One server implementation on one event loop: ``streams`` on ``uvloop``."""
+    """One server implementation on one event loop: ``streams`` on ``uvloop``; or a
+    server the user's ``--server-cmd`` starts (``command``, no loop of ours)."""
 
     name: str
     loop: str
+    command: str = ""
 
     @property
     def label(self) -> str:
-        return f"{self.name}-{self.loop}"
+        return f"{self.name}-{self.loop}" if self.loop else self.name
+
+
+def command_targets(commands: Sequence[str]) -> list[Target]:
+    """One target per ``--server-cmd``: ``server-cmd``, then ``server-cmd-2`` and on."""
+    return [
+        Target(COMMAND_TARGET if i == 0 else f"{COMMAND_TARGET}-{i + 1}", "", command)
+        for i, command in enumerate(commands)
+    ]
 
 
 def expand_targets(
