@@ -13,6 +13,8 @@
  *     cc -O2 -o c_echo_server tools/c_echo_server.c
  *     ./c_echo_server --port 0
  *     echo20 listening on 127.0.0.1:40831 (loop: epoll)
+ *     ./c_echo_server --unix /tmp/echo20.sock
+ *     echo20 listening on unix:/tmp/echo20.sock (loop: epoll)
  *
  * SIGTERM or SIGINT exits 0 (the kernel closes every connection).
  */
@@ -30,6 +32,8 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define CHUNK_SIZE 20
@@ -142,6 +146,8 @@ static void on_writable(int fd) {
     set_interest(fd, EPOLLIN);
 }
 
+static int unix_socket; /* listening on a Unix socket: no TCP options */
+
 static void on_acceptable(int lfd) {
     for (;;) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -159,23 +165,25 @@ static void on_acceptable(int lfd) {
             continue;
         }
         int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (!unix_socket) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
         if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
     }
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: c_echo_server [--host 127.0.0.1] [--port 8888]\n");
+    fprintf(stderr, "usage: c_echo_server [--host 127.0.0.1] [--port 8888] [--unix PATH]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
-    const char *host = "127.0.0.1";
+    const char *host = "127.0.0.1", *path = NULL;
     long port = 8888;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--host") == 0 && i + 1 < argc) {
             host = argv[++i];
+        } else if (strcmp(argv[i], "--unix") == 0 && i + 1 < argc) {
+            path = argv[++i];
         } else if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
             char *end;
             port = strtol(argv[++i], &end, 10);
@@ -201,7 +209,19 @@ int main(int argc, char **argv) {
     memset(&addr, 0, sizeof addr);
     struct sockaddr_in *a4 = (struct sockaddr_in *)&addr;
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&addr;
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+    struct sockaddr_un *au = (struct sockaddr_un *)&addr;
+    if (path != NULL) {
+        if (strlen(path) >= sizeof au->sun_path) {
+            fprintf(stderr, "c_echo_server: Unix socket path too long: %s\n", path);
+            return 2;
+        }
+        au->sun_family = AF_UNIX;
+        strcpy(au->sun_path, path);
+        addrlen = sizeof *au;
+        unix_socket = 1;
+        struct stat st; /* a socket left by an earlier server is replaced */
+        if (stat(path, &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path);
+    } else if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
         a4->sin_family = AF_INET;
         a4->sin_port = htons((unsigned short)port);
         addrlen = sizeof *a4;
@@ -217,7 +237,7 @@ int main(int argc, char **argv) {
     int lfd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (lfd < 0) die("socket");
     int one = 1;
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (!unix_socket) setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(lfd, (struct sockaddr *)&addr, addrlen) < 0) die("bind");
     if (listen(lfd, SOMAXCONN) < 0) die("listen");
     addrlen = sizeof addr;
@@ -240,7 +260,9 @@ int main(int argc, char **argv) {
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, sfd, &ev) < 0) die("epoll_ctl");
 
     char text[INET6_ADDRSTRLEN];
-    if (addr.ss_family == AF_INET) {
+    if (unix_socket) {
+        printf("echo20 listening on unix:%s (loop: epoll)\n", path);
+    } else if (addr.ss_family == AF_INET) {
         inet_ntop(AF_INET, &a4->sin_addr, text, sizeof text);
         printf("echo20 listening on %s:%u (loop: epoll)\n", text, ntohs(a4->sin_port));
     } else {

@@ -6,6 +6,7 @@
  *
  *     c_loadgen --port P --connections 16 --size 200 --warmup 1 --duration 3 \
  *               --server-pid PID [--cpu 1] [--rate 20000] [--samples FILE]
+ *     c_loadgen --unix PATH ...       (a server on a Unix socket)
  *
  * Closed loop (the default): one message in flight per connection; the next is sent
  * when the whole reply to the last is in. Latency: first byte sent to last reply byte
@@ -70,6 +71,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -133,13 +135,13 @@ struct samples {
 };
 
 static struct {
-    const char *host;
+    const char *host, *unix_path;
     int port, connections, server_pid, cpu, idle;
     size_t size;
     double warmup, duration, ramp_timeout, rate;
     unsigned seed;
     const char *samples_path, *service_path;
-} opt = {"127.0.0.1", 0, 1, -1, -1, 0, 8, 1.0, 3.0, 60.0, 0.0, 1, NULL, NULL};
+} opt = {"127.0.0.1", NULL, 0, 1, -1, -1, 0, 8, 1.0, 3.0, 60.0, 0.0, 1, NULL, NULL};
 
 static struct sockaddr_storage addr;
 static socklen_t addrlen;
@@ -513,7 +515,7 @@ static void open_conn(int index) {
     c->fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) die("socket");
     int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt.unix_path == NULL) setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->queue = calloc(queue_cap, sizeof *c->queue);
     if (c->queue == NULL) die("calloc");
     c->state = CONNECTING;
@@ -555,7 +557,8 @@ static void arm_timer(uint64_t at) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: c_loadgen --port P [--host 127.0.0.1] [--connections 1] [--size 8]\n"
+            "usage: c_loadgen (--port P [--host 127.0.0.1] | --unix PATH) [--connections 1]\n"
+            "                 [--size 8]\n"
             "                 [--warmup 1] [--duration 3] [--server-pid PID] [--cpu N]\n"
             "                 [--ramp-timeout 60] [--seed 1] [--rate R] [--samples FILE]\n"
             "                 [--service-samples FILE] [--idle]\n");
@@ -630,6 +633,7 @@ int main(int argc, char **argv) {
         if (v == NULL) usage();
         i++;
         if (strcmp(a, "--host") == 0) opt.host = v;
+        else if (strcmp(a, "--unix") == 0) opt.unix_path = v;
         else if (strcmp(a, "--port") == 0) opt.port = (int)parse_long(v, 1, 65535);
         else if (strcmp(a, "--connections") == 0) opt.connections = (int)parse_long(v, 1, 1000000);
         else if (strcmp(a, "--size") == 0) opt.size = (size_t)parse_long(v, 1, 1L << 30);
@@ -644,7 +648,7 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--service-samples") == 0) opt.service_path = v;
         else usage();
     }
-    if (opt.port == 0) usage();
+    if (opt.port == 0 && opt.unix_path == NULL) usage();
     queue_cap = opt.rate > 0 ? MAX_QUEUE : 1;
 
     if (opt.cpu >= 0) {
@@ -664,7 +668,16 @@ int main(int argc, char **argv) {
     memset(&addr, 0, sizeof addr);
     struct sockaddr_in *a4 = (struct sockaddr_in *)&addr;
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&addr;
-    if (inet_pton(AF_INET, opt.host, &a4->sin_addr) == 1) {
+    struct sockaddr_un *au = (struct sockaddr_un *)&addr;
+    if (opt.unix_path != NULL) {
+        if (strlen(opt.unix_path) >= sizeof au->sun_path) {
+            fprintf(stderr, "c_loadgen: Unix socket path too long: %s\n", opt.unix_path);
+            return 2;
+        }
+        au->sun_family = AF_UNIX;
+        strcpy(au->sun_path, opt.unix_path);
+        addrlen = sizeof *au;
+    } else if (inet_pton(AF_INET, opt.host, &a4->sin_addr) == 1) {
         a4->sin_family = AF_INET;
         a4->sin_port = htons((unsigned short)opt.port);
         addrlen = sizeof *a4;

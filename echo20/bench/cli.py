@@ -61,9 +61,20 @@ def server_command(text: str) -> str:
         raise argparse.ArgumentTypeError(f"cannot split {text!r}: {error}") from None
     if not argv:
         raise argparse.ArgumentTypeError("the command is empty")
-    if "{port}" not in text:
-        raise argparse.ArgumentTypeError(f"put {{port}} where the server takes its port: {text!r}")
     return text
+
+
+def check_server_commands(args: argparse.Namespace) -> None:
+    """Each --server-cmd has the placeholders the run fills in, or exit 2 in one line:
+    ``{port}`` on TCP, ``{path}`` with --unix."""
+    placeholder, what = (
+        ("{path}", "its Unix socket's path") if args.unix else ("{port}", "its port")
+    )
+    for command in args.server_cmds or []:
+        if placeholder not in command:
+            args.run_parser.error(
+                f"--server-cmd: put {placeholder} where the server takes {what}: {command!r}"
+            )
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -181,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_matrix_arguments(
         run, connections="1,16,256", sizes="8,200,16384", warmup=0.5, duration=2.0, repeats=3
     )
+    # For the checks that span several of run's flags, in run's own words.
+    run.set_defaults(run_parser=run)
     open_loop = run.add_mutually_exclusive_group()
     open_loop.add_argument(
         "--rate",
@@ -202,8 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=server_command,
         metavar="CMD",
         help="also benchmark this echo20 server, repeatable: {port} in CMD becomes a free "
-        "port ({host} the --host); ready once the port accepts connections, every reply "
-        "verified; labelled server-cmd, server-cmd-2, ...",
+        "port ({host} the --host; with --unix, {path} a socket's path); ready once it "
+        "accepts connections, every reply verified; labelled server-cmd, server-cmd-2, ...",
+    )
+    run.add_argument(
+        "--unix",
+        action="store_true",
+        help="every target over a Unix socket (the C server and load generator too); a "
+        "loop that cannot listen on one gets a row that says so",
     )
     run.add_argument(
         "--ready-timeout",
@@ -276,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for server in (floor, sockets):
         cli.add_connection_arguments(server)
+        server.add_argument(
+            "--unix", metavar="PATH", help="listen on this Unix socket instead of --host/--port"
+        )
         cli.add_logging_arguments(server)
     return parser
 
@@ -285,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.command == "run":
+        check_server_commands(args)
     if args.command == "serve-floor":
         return command_serve_floor(args, parser)
     if args.command == "serve-sockets":

@@ -105,7 +105,7 @@ def describe(env: dict[str, Any]) -> list[str]:
         f"Linux {env['kernel']}, {env['python']}, echo20 {env['echo20']}",
         f"loops: {loops_text or 'none'}" + (f"; also {packages}" if packages else ""),
         f"governor: {env['governor']}; pinning: {env['pinning']}; "
-        f"C accelerator: {env['accelerator']}",
+        f"C accelerator: {env['accelerator']}; transport: {env.get('transport', 'TCP')}",
     ]
     share = env.get("loadgen_cpu")
     if share and share.get("median_pct") is not None:

@@ -6,6 +6,7 @@ import argparse
 import shlex
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from echo20.bench.environment import environment, load_average, loadgen_share
 from echo20.bench.measure import Load, Run, measure
 from echo20.bench.processes import Pinning, Server, choose_cpus, servers_running
 from echo20.bench.stats import Cell, add_ratios
-from echo20.bench.targets import DEFAULT_TARGETS, Target, command_targets, expand_targets
+from echo20.bench.targets import DEFAULT_TARGETS, Target, Wire, command_targets, expand_targets
 from echo20.bench.tools import Tools, build_tools
 from echo20.bench.units import format_size
 
@@ -98,12 +99,14 @@ class Setup(NamedTuple):
     pinning: Pinning
     targets: list[Target]
     skipped: list[str]
+    unsupported: dict[Target, str]
     env: dict[str, Any]
 
 
-def prepare(args: argparse.Namespace) -> Setup:
+def prepare(args: argparse.Namespace, wire: Wire | None = None) -> Setup:
     """The output folder, the compiled C programs, the CPUs, the targets (and those that
     cannot run, with why) and the environment, from a command's arguments."""
+    wire = wire or Wire(args.host)
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     runtime.raise_open_file_limit()
@@ -114,34 +117,46 @@ def prepare(args: argparse.Namespace) -> Setup:
     if names is None:
         # A --server-cmd run compares the user's server with the C reference alone.
         names = ["c"] if commands else list(DEFAULT_TARGETS)
-    targets, skipped = expand_targets(names, args.loops)
+    targets, skipped, unsupported = expand_targets(names, args.loops, wire)
     # The user's servers right after the C reference, before every other target.
     cut = 1 if targets and targets[0].name == "c" else 0
     targets[cut:cut] = commands
-    return Setup(out_dir, tools, pinning, targets, skipped, environment(args.loops, pinning.note))
+    env = environment(args.loops, pinning.note)
+    env["transport"] = wire.describe()
+    return Setup(out_dir, tools, pinning, targets, skipped, unsupported, env)
 
 
 def command_run(args: argparse.Namespace) -> int:
     """The matrix: every target at every (connections, size), ``repeats`` times."""
-    out_dir, tools, pinning, targets, skipped, env = prepare(args)
+    if not args.unix:
+        return run_matrix(args, Wire(args.host))
+    # A short path of our own: a Unix socket's path must fit in 108 bytes.
+    with tempfile.TemporaryDirectory(prefix="echo20-bench-") as unix_dir:
+        return run_matrix(args, Wire(args.host, Path(unix_dir)))
+
+
+def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
+    out_dir, tools, pinning, targets, skipped, unsupported, env = prepare(args, wire)
     rates: list[str] = args.rates or ([args.rate] if args.rate else [])
     closed_too = not rates or any(rate.endswith("%") for rate in rates)
     points, left_out = matrix_points(args.connections, args.sizes, args.max_inflight)
     modes: list[str | None] = ([None] if closed_too else []) + list(rates)
     cells = {
-        (target, point, rate): Cell(target, *point, rate=rate)
+        (target, point, rate): Cell(target, *point, rate=rate, unsupported=unsupported.get(target))
         for point in points
         for target in targets
         for rate in modes
     }
+    running = [target for target in targets if target not in unsupported]
+    measured = sum(cell.unsupported is None for cell in cells.values())
     failures: dict[Target, str] = {}
     exit_statuses: dict[Target, int] = {}
     with (
-        progress_bar(len(targets) + len(cells) * args.repeats) as status,
+        progress_bar(len(running) + measured * args.repeats) as status,
         servers_running(
-            targets,
+            running,
             tools=tools,
-            host=args.host,
+            wire=wire,
             log_dir=out_dir / "logs",
             cpu=pinning.server_cpu,
             failures=failures,
@@ -149,13 +164,13 @@ def command_run(args: argparse.Namespace) -> int:
             ready_timeout=args.ready_timeout,
         ) as servers,
     ):
-        for target in targets:
+        for target in running:
             status.done(f"started {target.label}")
         # Targets inside the innermost loop: every target meets the machine's noise of
         # the same minute, so the ratios of one cell compare like with like.
         for repeat in range(args.repeats):
             for point in points:
-                for target in targets:
+                for target in running:
                     run_point(
                         args, cells, target, point, modes, servers.get(target),
                         failures.get(target), tools=tools, pinning=pinning, status=status,
@@ -189,6 +204,7 @@ def command_run(args: argparse.Namespace) -> int:
         "points_left_out": [f"{c} × {format_size(size)}" for c, size in left_out],
         "repeats": args.repeats,
         "host": args.host,
+        "transport": wire.describe(),
     }
     report.print_run(env, ordered, budgets, problems)
     written = write_reports(out_dir, env, settings, ordered, budgets, problems)

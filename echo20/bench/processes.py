@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from echo20.bench.targets import Target, server_argv
+from echo20.bench.targets import Target, Wire, server_argv
 from echo20.bench.tools import Tools
 from echo20.conformance.processes import command_argv, describe_status, free_port
 from echo20.errors import BenchError, ProtocolError
@@ -279,7 +279,7 @@ def start_target(
     target: Target,
     *,
     tools: Tools,
-    host: str,
+    wire: Wire,
     log_dir: Path,
     cpu: int | None,
     ready_timeout: float = READY_TIMEOUT,
@@ -287,25 +287,28 @@ def start_target(
     """Start one target's server (a --server-cmd one through :func:`start_command`)."""
     if target.command:
         return start_command(
-            target, host=host, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout
+            target, wire=wire, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout
         )
-    argv = server_argv(target, host, str(tools.server))
+    argv = server_argv(target, wire, str(tools.server))
     return start_server(target, argv, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout)
 
 
 def start_command(
     target: Target,
     *,
-    host: str,
+    wire: Wire,
     log_dir: Path,
     cpu: int | None,
     ready_timeout: float = READY_TIMEOUT,
 ) -> Server:
-    """Start a ``--server-cmd`` server on a free port and wait until the port accepts a
-    connection: any echo20 server will do, whatever it prints (its output goes to its
-    log). BenchError, one line, if it exits first or does not listen in time."""
-    port = free_port(host)
-    argv = command_argv(target.command, port=port, host=host)
+    """Start a ``--server-cmd`` server on a free port (``{port}``), or its Unix socket
+    (``{path}``), and wait until it accepts a connection: any echo20 server will do,
+    whatever it prints (its output goes to its log). BenchError, one line, if it exits
+    first or does not listen in time."""
+    path = wire.unix_path(target)
+    port = free_port(wire.host) if path is None else 0
+    address: Address = (wire.host, port) if path is None else path
+    argv = command_argv(target.command, port=port, host=wire.host, path=path or "")
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{target.label}.stderr"
     shown = f"--server-cmd {target.command!r}"
@@ -322,7 +325,7 @@ def start_command(
             raise BenchError(
                 f"{shown}: cannot run {argv[0]!r}: {error.strerror or error}"
             ) from None
-    server = Server(target, process, (host, port), "", log_path)
+    server = Server(target, process, address, "", log_path)
     try:
         wait_until_listening(server, shown, ready_timeout)
     except BaseException:  # BenchError, or Ctrl-C while it starts: no server is left behind
@@ -353,7 +356,7 @@ def wait_until_listening(server: Server, shown: str, timeout: float) -> None:
         if time.monotonic() >= deadline:
             raise BenchError(
                 f"{shown}: nothing accepted connections on {where} within {timeout:g} s "
-                f"(is {{port}} where it listens?){last_words(server)}"
+                f"(is {{port}} or {{path}} where it listens?){last_words(server)}"
             )
         time.sleep(KNOCK_INTERVAL)  # sleep-ok: polling a port that no event announces
 
@@ -443,7 +446,7 @@ def servers_running(
     targets: Sequence[Target],
     *,
     tools: Tools,
-    host: str,
+    wire: Wire,
     log_dir: Path,
     cpu: int | None,
     failures: dict[Target, str],
@@ -465,7 +468,7 @@ def servers_running(
                 server = start_target(
                     target,
                     tools=tools,
-                    host=host,
+                    wire=wire,
                     log_dir=log_dir,
                     cpu=cpu,
                     ready_timeout=ready_timeout,

@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import socket
-from typing import cast
+import stat
+from typing import Any, cast
 
 from echo20 import cli, loops, runtime
-from echo20.netutil import DEFAULT_BACKLOG
+from echo20.netutil import DEFAULT_BACKLOG, format_address
 from echo20.protocol import EchoSession, build_reply
 
 __all__ = ["command_serve_floor", "command_serve_sockets"]
@@ -94,8 +96,18 @@ class FloorListening(Listening):
 
 async def listen_floor(args: argparse.Namespace) -> Listening:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(floor_protocol(loop), args.host, args.port)
-    return FloorListening(server)
+    protocol = floor_protocol(loop)
+    if args.unix:
+        remove_stale_socket(args.unix)
+        return FloorListening(await loop.create_unix_server(protocol, args.unix))
+    return FloorListening(await loop.create_server(protocol, args.host, args.port))
+
+
+def remove_stale_socket(path: str) -> None:
+    """A socket file left by an earlier server is replaced, as ``echo20-server`` does."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
 
 
 async def serve_socket(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
@@ -132,7 +144,9 @@ class SocketsListening(Listening):
             except OSError:
                 continue  # the client left before it was accepted (ECONNABORTED)
             sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
+            # The listener's family, not the new socket's: veloxloop 0.2 labels a Unix
+            # connection AF_INET.
+            if self.listener.family != socket.AF_UNIX:
                 # As asyncio's transports and the C server set it.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = loop.create_task(serve_socket(loop, sock))
@@ -149,12 +163,18 @@ class SocketsListening(Listening):
 
 async def listen_sockets(args: argparse.Namespace) -> Listening:
     loop = asyncio.get_running_loop()
-    family, kind, proto, _, address = (
-        await loop.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
-    )[0]
+    address: str | tuple[Any, ...]
+    if args.unix:
+        remove_stale_socket(args.unix)
+        family, kind, proto, address = socket.AF_UNIX, socket.SOCK_STREAM, 0, args.unix
+    else:
+        family, kind, proto, _, address = (
+            await loop.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+        )[0]
     listener = socket.socket(family, kind, proto)
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family != socket.AF_UNIX:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
         listener.listen(DEFAULT_BACKLOG)
         listener.setblocking(False)
@@ -170,7 +190,7 @@ async def serve(args: argparse.Namespace, program: str, loop_name: str) -> int:
     try:
         listening = await listen(args)
     except OSError as error:
-        cli.listen_error_line(program, f"{args.host}:{args.port}", error)
+        cli.listen_error_line(program, args.unix or format_address((args.host, args.port)), error)
         return 1
     stop = asyncio.Event()
     runtime.install_stop_signals(stop)

@@ -44,6 +44,9 @@ class Cell:
     size: int
     rate: str | None = None
     runs: list[Run] = field(default_factory=list)
+    # Why the loop cannot run this target at all (no Unix sockets, no TLS): not measured,
+    # and not a failure.
+    unsupported: str | None = None
     # Filled by summarize() once every repeat has run.
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +80,8 @@ class Cell:
         return self.summary
 
     def _summary(self) -> dict[str, Any]:
+        if self.unsupported is not None:
+            return {"error": self.unsupported, "failed": False, "unsupported": True}
         if self.error is not None or not self.runs:
             return {"error": self.error or "not run", "failed": self.failed or not self.runs}
         flags = sorted({flag for run in self.runs for flag in run.flags})

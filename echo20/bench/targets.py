@@ -20,6 +20,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from echo20 import loops
 from echo20.servers import IMPLEMENTATIONS
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_TARGETS",
     "TARGETS",
     "Target",
+    "Wire",
     "command_targets",
     "expand_targets",
     "server_argv",
@@ -69,19 +71,61 @@ def command_targets(commands: Sequence[str]) -> list[Target]:
     ]
 
 
+@dataclass(frozen=True)
+class Wire:
+    """How every server listens and the load generator reaches it: TCP on ``host``, or
+    a Unix socket in ``unix_dir`` (one per target)."""
+
+    host: str = "127.0.0.1"
+    unix_dir: Path | None = None
+
+    def unix_path(self, target: Target) -> str | None:
+        """Where ``target`` listens under --unix (None: on TCP)."""
+        return None if self.unix_dir is None else str(self.unix_dir / f"{target.label}.sock")
+
+    def describe(self) -> str:
+        """``TCP over 127.0.0.1``, ``Unix sockets``: for a report's head."""
+        return "Unix sockets" if self.unix_dir is not None else f"TCP over {self.host}"
+
+
+# Targets that listen through the loop's create_unix_server under --unix (sockets binds
+# its own socket, c is C): a loop without one cannot run them there.
+UNIX_SERVER_TARGETS = ("floor", *IMPLEMENTATIONS, "protocol-pure")
+# What the loops of the loop table lack, found by trying each (the rows of the run's
+# table say so, rather than a traceback or a failed start).
+NO_UNIX_SERVER = {
+    "rloop": "rloop 0.5 has no Unix sockets (create_unix_server raises NotImplementedError)",
+    "veloxloop": "veloxloop 0.2 has no Unix sockets",
+}
+
+
+def unsupported_on(name: str, loop: str, wire: Wire) -> str | None:
+    """Why the loop cannot run target ``name`` over ``wire``: a result, shown as a row."""
+    if wire.unix_dir is not None and name in UNIX_SERVER_TARGETS and loop in NO_UNIX_SERVER:
+        return NO_UNIX_SERVER[loop]
+    return None
+
+
 def expand_targets(
-    names: Sequence[str], loop_names: Sequence[str]
-) -> tuple[list[Target], list[str]]:
-    """Every requested target on every requested loop it runs on, and, for each pair left
-    out, ``label: why`` (every report prints these: nothing is left out silently)."""
+    names: Sequence[str], loop_names: Sequence[str], wire: Wire | None = None
+) -> tuple[list[Target], list[str], dict[Target, str]]:
+    """Every requested target on every requested loop it runs on; for each pair left
+    out, ``label: why`` (every report prints these: nothing is left out silently); and
+    which of the targets the loop cannot run over ``wire``, with why (a result: rows of
+    the table that say so, in their place among the others)."""
+    wire = wire or Wire()
     targets: list[Target] = []
     skipped: list[str] = []
+    unsupported: dict[Target, str] = {}
     for name in names:
         if name == "c":
             targets.append(Target("c", C_LOOP))
             continue
         if name.startswith("tornado") and importlib.util.find_spec("tornado") is None:
             skipped.append(f"{name}: Tornado is not installed (pip install 'echo20[tornado]')")
+            continue
+        if name.startswith("tornado") and wire.unix_dir is not None:
+            skipped.append(f"{name}: the Tornado reference listens on TCP only (no --unix)")
             continue
         for loop in loop_names:
             if name.startswith("tornado") and loop not in TORNADO_LOOPS:
@@ -91,17 +135,23 @@ def expand_targets(
                     why += " (it uses no asyncio transports: on aiofastnet it is its base loop)"
                 skipped.append(f"{name}-{loop}: {why}")
                 continue
+            lacking = unsupported_on(name, loop, wire)
+            if lacking is not None:
+                unsupported[Target(name, loop)] = lacking
             targets.append(Target(name, loop))
-    return targets, skipped
+    return targets, skipped, unsupported
 
 
-def server_argv(target: Target, host: str, c_server: str) -> list[str]:
-    """The command line that starts ``target`` on a free port of ``host``."""
+def server_argv(target: Target, wire: Wire, c_server: str) -> list[str]:
+    """The command line that starts ``target`` on a free port of ``wire.host``, or on
+    its Unix socket."""
+    path = wire.unix_path(target)
+    where = ["--unix", path] if path is not None else ["--host", wire.host, "--port", "0"]
     if target.name == "c":
-        return [c_server, "--host", host, "--port", "0"]
+        return [c_server, *where]
     python = sys.executable
     # Warnings only: per-connection log lines would be measured as server work.
-    common = ["--host", host, "--port", "0", "--loop", target.loop, "--log-level", "warning"]
+    common = [*where, "--loop", target.loop, "--log-level", "warning"]
     if target.name == "tornado":
         return [python, "-m", "echo20.reference.tornado_server", *common]
     if target.name == "tornado-nodelay":
