@@ -33,9 +33,12 @@ BROKEN = f"python {ROOT / 'tests' / 'conformance' / 'broken_servers.py'} --port 
 
 
 @pytest.fixture(scope="module")
-def mixed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], str]:
+def mixed_run(
+    tmp_path_factory: pytest.TempPathFactory, built_c_programs: Path
+) -> tuple[int, dict[str, Any], str]:
     """Exit status, bench.json's cells by label, and stderr of one run of three servers."""
     out = tmp_path_factory.mktemp("server-cmd")
+    (out / "build").symlink_to(built_c_programs)
     result = bench(
         "run", "--connections", "2", "--sizes", "200", *QUICK, "--out", str(out),
         "--server-cmd", WRAPPED_SEED_SERVER,
@@ -89,17 +92,17 @@ def test_a_wrong_server_is_reported_wrong_not_measured(
     ids=["never-listens", "exits", "not-found"],
 )
 def test_a_server_command_that_never_listens_is_one_line(
-    tmp_path: Path, command: str, said: str
+    bench_out: Path, command: str, said: str
 ) -> None:
     result = bench(
-        "run", "--connections", "1", "--sizes", "8", *QUICK, "--out", str(tmp_path),
+        "run", "--connections", "1", "--sizes", "8", *QUICK, "--out", str(bench_out),
         "--server-cmd", command, "--ready-timeout", "0.5",
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("echo20-bench: --server-cmd ")
     assert said in result.stderr
-    assert not (tmp_path / "bench.json").exists()
+    assert not (bench_out / "bench.json").exists()
 
 
 def test_a_server_command_without_its_port_is_refused() -> None:

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_bench import QUICK, bench
+from test_bench import bench
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the benchmark needs cc")
 
 TARGETS = "c,floor,sockets,streams,protocol"
+# Shorter cells than test_bench's: many targets, and only their replies matter here.
+SHORT = ("--warmup", "0.05", "--duration", "0.2", "--repeats", "1")
 # A loop of the loop table with no Unix sockets (veloxloop is in the dev install).
 NO_UNIX_LOOP = "veloxloop"
 
@@ -28,16 +30,16 @@ def cells_of(out: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     return document, {cell["label"]: cell for cell in document["cells"]}
 
 
-def test_every_target_over_unix_sockets(tmp_path: Path) -> None:
+def test_every_target_over_unix_sockets(bench_out: Path) -> None:
     server_cmd = "python -m echo20.server --unix {path} --impl iostream --log-level warning"
     result = bench(
         "run", "--targets", TARGETS, "--loops", f"asyncio,uvloop,{NO_UNIX_LOOP}",
-        "--connections", "2", "--sizes", "200", *QUICK, "--unix", "--out", str(tmp_path),
+        "--connections", "2", "--sizes", "200", *SHORT, "--unix", "--out", str(bench_out),
         "--server-cmd", server_cmd,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
     assert "Traceback" not in result.stderr
-    document, cells = cells_of(tmp_path)
+    document, cells = cells_of(bench_out)
     assert document["settings"]["transport"] == "Unix sockets"
     assert "transport: Unix sockets" in result.stdout
     measured = ["c-epoll", "server-cmd"] + [

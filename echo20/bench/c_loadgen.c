@@ -30,7 +30,8 @@
  * stime, in clock ticks, and the scheduler's run time of each of its threads,
  * /proc/PID/task/TID/schedstat, in nanoseconds: the same time, without the 10 ms
  * granularity), this program's CPU time, and every CPU's busy time (/proc/stat) so the
- * caller can tell when something else shared a core. --samples FILE writes every
+ * caller can tell when something else shared a core (and how much of each the hypervisor
+ * stole, for a virtual machine). --samples FILE writes every
  * measured latency (nanoseconds, sorted, native 64-bit integers) for the caller's
  * histograms; --service-samples FILE, in the open loop, the same from the time each
  * message was actually sent.
@@ -126,7 +127,7 @@ struct snapshot {
     long long server_ns;    /* -1: unknown */
     uint64_t self_cpu_us;
     int ncpus;
-    unsigned long long busy[MAX_CPUS], total[MAX_CPUS];
+    unsigned long long busy[MAX_CPUS], total[MAX_CPUS], steal[MAX_CPUS];
 };
 
 struct samples {
@@ -280,6 +281,7 @@ static void read_cpu_stat(struct snapshot *s) {
          * there, charged to whichever CPU sent them; it is not someone else's load. */
         s->busy[cpu] = v[0] + v[1] + v[2] + v[5] + v[7];
         s->total[cpu] = s->busy[cpu] + v[3] + v[4] + v[6];
+        s->steal[cpu] = v[7]; /* time the hypervisor gave this virtual CPU to others */
         if (cpu + 1 > s->ncpus) s->ncpus = cpu + 1;
     }
     fclose(f);
@@ -617,6 +619,8 @@ static void print_report(const struct snapshot *a, const struct snapshot *b, int
     for (int i = 0; i < ncpus; i++) printf("%s%llu", i ? ", " : "", b->busy[i] - a->busy[i]);
     printf("], \"cpu_total_ticks\": [");
     for (int i = 0; i < ncpus; i++) printf("%s%llu", i ? ", " : "", b->total[i] - a->total[i]);
+    printf("], \"cpu_steal_ticks\": [");
+    for (int i = 0; i < ncpus; i++) printf("%s%llu", i ? ", " : "", b->steal[i] - a->steal[i]);
     printf("], \"ramp_timed_out\": %s", ramp_timed_out ? "true" : "false");
     printf(", \"errors\": %" PRIu64 ", \"first_error\": \"%s\"}\n", errors, first_error);
     fflush(stdout);

@@ -53,6 +53,17 @@ def loopback_host(text: str) -> str:
     return text
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type for seconds that may be 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
 def server_command(text: str) -> str:
     """argparse type for ``--server-cmd``: a command line with ``{port}`` in it."""
     try:
@@ -230,6 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=READY_TIMEOUT,
         help="seconds each server gets to listen (its ready line; for --server-cmd, its "
         "port accepting connections)",
+    )
+    run.add_argument(
+        "--strict",
+        action="store_true",
+        help="write no report if any cell was not measured on a quiet machine (other "
+        "processes busy, CPU steal, a high load average, a saturated load generator): "
+        "stop at the first such cell with one line, exit 1",
+    )
+    run.add_argument(
+        "--wait-quiet",
+        type=non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each cell, wait up to this long for other processes to stop using "
+        "the CPUs (0: only look, and note who was busy)",
     )
     run.add_argument(
         "--budget",

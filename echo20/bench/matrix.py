@@ -16,12 +16,13 @@ from echo20 import runtime
 from echo20.bench import budgets as budget_checks
 from echo20.bench import charts, report
 from echo20.bench.environment import environment, load_average, loadgen_share
-from echo20.bench.measure import Load, Run, measure
+from echo20.bench.measure import CONTENDED_PCT, NOISE_FLAGS, Load, Run, measure
 from echo20.bench.processes import Pinning, Server, choose_cpus, servers_running
 from echo20.bench.stats import Cell, add_ratios
 from echo20.bench.targets import DEFAULT_TARGETS, Target, Wire, command_targets, expand_targets
 from echo20.bench.tools import Tools, build_tools
 from echo20.bench.units import format_size
+from echo20.errors import BenchError
 
 __all__ = ["command_run", "progress_bar"]
 
@@ -171,11 +172,13 @@ def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
         for repeat in range(args.repeats):
             for point in points:
                 for target in running:
-                    run_point(
+                    runs = run_point(
                         args, cells, target, point, modes, servers.get(target),
                         failures.get(target), tools=tools, pinning=pinning, status=status,
                         repeat=repeat,
                     )  # fmt: skip
+                    if args.strict:
+                        refuse_noise(target, point, modes, runs)
     env["loadavg_end"] = load_average()
     ordered = list(cells.values())
     for cell in ordered:
@@ -205,6 +208,8 @@ def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
         "repeats": args.repeats,
         "host": args.host,
         "transport": wire.describe(),
+        "strict": args.strict,
+        "wait_quiet_s": args.wait_quiet,
     }
     report.print_run(env, ordered, budgets, problems)
     written = write_reports(out_dir, env, settings, ordered, budgets, problems)
@@ -230,9 +235,10 @@ def run_point(
     pinning: Pinning,
     status: Status,
     repeat: int,
-) -> None:
-    """One repeat of one target at one point: the closed loop, then every rate."""
+) -> list[Run]:
+    """One repeat of one target at one point: the closed loop, then every rate; the runs."""
     closed: Run | None = None
+    runs: list[Run] = []
     for rate in modes:
         cell = cells[(target, point, rate)]
         where = f"{target.label} {point[0]} × {format_size(point[1])} {rate or 'closed'}"
@@ -245,14 +251,56 @@ def run_point(
             if rate is not None and per_second is None:
                 run = Run(mode="open", error="no closed-loop rate to take a share of")
             else:
-                load = Load(args.warmup, args.duration, args.ramp_timeout, per_second)
-                run = measure(
-                    tools, server, connections=point[0], size=point[1], load=load, pinning=pinning
+                load = Load(
+                    args.warmup, args.duration, args.ramp_timeout, per_second, args.wait_quiet
                 )
+                server.resume()
+                try:
+                    run = measure(
+                        tools,
+                        server,
+                        connections=point[0],
+                        size=point[1],
+                        load=load,
+                        pinning=pinning,
+                    )
+                finally:
+                    if server.spins:
+                        server.pause()
         if rate is None:
             closed = run
         cell.runs.append(run)
+        runs.append(run)
         status.done(where)
+    return runs
+
+
+def refuse_noise(
+    target: Target, point: tuple[int, int], modes: Sequence[str | None], runs: Sequence[Run]
+) -> None:
+    """--strict: BenchError (one line, no report) when a run was shaped by something else
+    than its server: another process, the hypervisor, a saturated load generator."""
+    for rate, run in zip(modes, runs, strict=False):
+        noise = [flag for flag in run.flags if flag in NOISE_FLAGS]
+        if not noise:
+            continue
+        who = run.others_during or run.others_before
+        shares = [
+            f"{share:.0f} % of the {name}'s CPU went to others"
+            for name, share in (
+                ("server", run.other_server_cpu_pct),
+                ("load generator", run.other_loadgen_cpu_pct),
+            )
+            if share is not None and share > CONTENDED_PCT
+        ]
+        details = "; ".join(
+            [", ".join(noise), *shares, *(["busy: " + ", ".join(who[:3])] if who else [])]
+        )
+        raise BenchError(
+            f"--strict: {target.label} {point[0]} × {format_size(point[1])} "
+            f"{rate or 'closed'} was not measured on a quiet machine ({details}); "
+            "no report written"
+        )
 
 
 def write_reports(

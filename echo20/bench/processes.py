@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from echo20.bench.environment import MachineSample, busy_processes
 from echo20.bench.targets import Target, Wire, server_argv
 from echo20.bench.tools import Tools
 from echo20.conformance.processes import command_argv, describe_status, free_port
@@ -33,6 +34,7 @@ from echo20.protocol import split_reply
 __all__ = [
     "Address",
     "Pinning",
+    "Quiet",
     "Server",
     "choose_cpus",
     "servers_running",
@@ -46,11 +48,17 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 # Seconds for the priming exchange.
 PRIME_TIMEOUT = 10.0
-# Before each cell the server must have been quiet (under QUIET_SHARE of a CPU) for one
-# QUIET_INTERVAL, waiting at most QUIET_TIMEOUT seconds.
-QUIET_INTERVAL = 0.1
+# Before each cell the server must have been quiet (under QUIET_SHARE of a CPU beyond
+# what it uses with no client at all) for one QUIET_INTERVAL, waiting at most
+# QUIET_TIMEOUT seconds; other processes are looked at over the same interval.
+QUIET_INTERVAL = 0.2
 QUIET_SHARE = 0.02
 QUIET_TIMEOUT = 15.0
+# Another process using this much of a CPU before or during a cell is named in its notes.
+OTHER_BUSY_PCT = 10.0
+# A server using more than this share of a CPU with no client spins: it is stopped
+# (SIGSTOP) while the other targets are measured, so it does not take their CPU.
+SPIN_SHARE = 0.05
 
 # Seconds between two connection attempts to a --server-cmd server that is starting.
 KNOCK_INTERVAL = 0.05
@@ -144,21 +152,50 @@ def process_cpu_ns(pid: int) -> int | None:
     return total
 
 
-def wait_until_idle(pid: int) -> bool:
-    """Wait (at most QUIET_TIMEOUT) until the server stops using CPU; False if it never did.
+@dataclass(frozen=True)
+class Quiet:
+    """What the machine was doing just before a cell: whether the server was still busy
+    (after QUIET_TIMEOUT), and the other processes busy in the last interval."""
+
+    server_busy: bool
+    others: list[str]
+
+
+def wait_until_quiet(server: Server, *, wait: float = 0.0) -> Quiet:
+    """Wait until the server is idle (at most QUIET_TIMEOUT) and, for up to ``wait``
+    seconds, until no other process is busy; what was still busy at the end.
 
     A slow server may still be answering the previous cell's last messages after its
-    clients left; that work must not land in the next cell's window.
+    clients left; that work must not land in the next cell's window. Idle is the
+    server's own idle share: a server that spins with no client is idle at that level.
     """
-    deadline = time.monotonic() + QUIET_TIMEOUT
-    before = process_cpu_ns(pid)
-    while before is not None and time.monotonic() < deadline:
-        time.sleep(QUIET_INTERVAL)  # sleep-ok: sampling the server's CPU time
-        after = process_cpu_ns(pid)
-        if after is None or after - before < QUIET_INTERVAL * 1e9 * QUIET_SHARE:
-            return True
-        before = after
-    return before is None
+    started = time.monotonic()
+    exclude = {os.getpid(), server.pid, server.process.pid}
+    allowed = QUIET_INTERVAL * 1e9 * (server.idle_share + QUIET_SHARE)
+    while True:
+        machine = MachineSample.take()
+        before = process_cpu_ns(server.pid)
+        time.sleep(QUIET_INTERVAL)  # sleep-ok: sampling CPU times over an interval
+        after = process_cpu_ns(server.pid)
+        others = busy_processes(
+            machine, MachineSample.take(), exclude=exclude, least_pct=OTHER_BUSY_PCT
+        )
+        idle = before is None or after is None or after - before < allowed
+        elapsed = time.monotonic() - started
+        if idle and (not others or elapsed >= wait):
+            return Quiet(False, others)
+        if not idle and elapsed >= QUIET_TIMEOUT:
+            return Quiet(True, others)
+
+
+def measure_idle_shares(servers: Sequence[Server]) -> None:
+    """Each server's share of a CPU with no client, over one QUIET_INTERVAL for all."""
+    before = {server.pid: process_cpu_ns(server.pid) for server in servers}
+    time.sleep(QUIET_INTERVAL)  # sleep-ok: sampling the servers' CPU times
+    for server in servers:
+        first, then = before[server.pid], process_cpu_ns(server.pid)
+        if first is not None and then is not None:
+            server.idle_share = (then - first) / (QUIET_INTERVAL * 1e9)
 
 
 @dataclass
@@ -173,6 +210,26 @@ class Server:
     # The process whose CPU and memory are measured: the one holding the listening
     # socket (None: the process started).
     measured_pid: int | None = None
+    # Its share of a CPU with no client (measure_idle_shares), and whether it is
+    # stopped now because that share says it spins.
+    idle_share: float = 0.0
+    paused: bool = False
+
+    @property
+    def spins(self) -> bool:
+        """It keeps a CPU busy with nothing to do."""
+        return self.idle_share > SPIN_SHARE
+
+    def pause(self) -> None:
+        """SIGSTOP: a spinning server must not take the CPU of the one measured."""
+        if not self.paused and self.process.poll() is None:
+            signal_group(self.process.pid, signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            signal_group(self.process.pid, signal.SIGCONT)
+            self.paused = False
 
     @property
     def pid(self) -> int:
@@ -213,6 +270,7 @@ class Server:
         after STOP_TIMEOUT. The group: a wrapper's server goes with it."""
         if self.process.poll() is None:
             signal_group(self.process.pid, signal.SIGTERM)
+            self.resume()  # a stopped server handles SIGTERM once continued
         try:
             status = self.process.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -485,6 +543,10 @@ def servers_running(
                 failures[target] = str(error)
             except (BenchError, OSError) as error:
                 failures[target] = f"did not answer: {error}"
+        measure_idle_shares(list(servers.values()))
+        for server in servers.values():
+            if server.spins:
+                server.pause()
         yield servers
     finally:
         for target, server in servers.items():

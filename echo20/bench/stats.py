@@ -105,6 +105,16 @@ class Cell:
             "other_server_cpu_pct": self.median(lambda r: r.other_server_cpu_pct),
             "other_loadgen_cpu_pct": self.median(lambda r: r.other_loadgen_cpu_pct),
             "peak_rss_kib": max(peaks) if peaks else None,
+            "loadavg_1m": self.median(lambda r: r.loadavg_1m),
+            "steal_pct": max(self.values(lambda r: r.steal_pct), default=None),
+            "idle_cpu_pct": self.median(lambda r: r.idle_cpu_pct),
+            # Other processes busy during any repeat (or just before it), each once.
+            "others_busy": list(
+                dict.fromkeys(text for run in self.runs for text in run.others_during)
+            ),
+            "others_before": list(
+                dict.fromkeys(text for run in self.runs for text in run.others_before)
+            ),
             "flags": flags,
             "histogram": histograms.encode(pooled),
         }
