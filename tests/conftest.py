@@ -45,11 +45,13 @@ def loops_under_test() -> list[str]:
 
 @pytest.fixture(scope="session")
 def built_c_programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The benchmark's C server and load generator, compiled once for the session."""
+    """The benchmark's C server and load generator, plain and with TLS, compiled once
+    for the session."""
     from echo20.bench import tools
 
     build = tmp_path_factory.mktemp("bench-build")
     tools.build_tools(build)
+    tools.build_tools(build, tls=True)
     return build
 
 

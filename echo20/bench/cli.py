@@ -77,15 +77,16 @@ def server_command(text: str) -> str:
 
 def check_server_commands(args: argparse.Namespace) -> None:
     """Each --server-cmd has the placeholders the run fills in, or exit 2 in one line:
-    ``{port}`` on TCP, ``{path}`` with --unix."""
-    placeholder, what = (
-        ("{path}", "its Unix socket's path") if args.unix else ("{port}", "its port")
-    )
+    ``{port}`` on TCP, ``{path}`` with --unix, ``{certfile}`` with --tls."""
+    needed = [("{path}", "its Unix socket's path") if args.unix else ("{port}", "its port")]
+    if args.tls:
+        needed.append(("{certfile}", "its certificate (key and chain; {keyfile}: the key)"))
     for command in args.server_cmds or []:
-        if placeholder not in command:
-            args.run_parser.error(
-                f"--server-cmd: put {placeholder} where the server takes {what}: {command!r}"
-            )
+        for placeholder, what in needed:
+            if placeholder not in command:
+                args.run_parser.error(
+                    f"--server-cmd: put {placeholder} where the server takes {what}: {command!r}"
+                )
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -243,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
         "port accepting connections)",
     )
     run.add_argument(
+        "--tls",
+        action="store_true",
+        help="every target over TLS with a certificate made for the run (the C server and "
+        "load generator through OpenSSL, found when they are compiled); a loop without "
+        "TLS of its own gets a floor row that says so",
+    )
+    run.add_argument(
         "--strict",
         action="store_true",
         help="write no report if any cell was not measured on a quiet machine (other "
@@ -320,9 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=cli.HelpFormatter,
     )
     for server in (floor, sockets):
+        # Its errors in its own words: "echo20-bench serve-floor: ...".
+        server.set_defaults(server_parser=server)
         cli.add_connection_arguments(server)
         server.add_argument(
             "--unix", metavar="PATH", help="listen on this Unix socket instead of --host/--port"
+        )
+        server.add_argument("--certfile", help="serve TLS with this certificate chain (PEM)")
+        server.add_argument(
+            "--keyfile", help="the certificate's private key (PEM; default: in certfile)"
         )
         cli.add_logging_arguments(server)
     return parser
@@ -336,10 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         check_server_commands(args)
     if args.command == "serve-floor":
-        return command_serve_floor(args, parser)
+        return command_serve_floor(args, args.server_parser)
     if args.command == "serve-sockets":
-        return command_serve_sockets(args, parser)
+        return command_serve_sockets(args, args.server_parser)
     if cli.missing_extra(PROGRAM, "bench", ["rich", "hdrh"]):  # hdrh: hdrhistogram's module
+        return 1
+    if getattr(args, "tls", False) and cli.missing_extra(PROGRAM, "bench", ["trustme"]):
         return 1
     handlers = {
         "run": command_run,

@@ -31,6 +31,7 @@ __all__ = [
     "describe",
     "environment",
     "load_average",
+    "tls_negotiated",
 ]
 
 # /proc/PID/stat's flags bit of a kernel thread: softirq and worker threads, which on a
@@ -171,6 +172,11 @@ def loadgen_share(cells: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     return {"median_pct": shares[len(shares) // 2], "max_pct": shares[-1]}
 
 
+def tls_negotiated(cells: Sequence[dict[str, Any]]) -> list[str]:
+    """Each TLS version and cipher the load generator negotiated in some cell."""
+    return sorted({s["tls"] for s in cells if s.get("tls")})
+
+
 def describe(env: dict[str, Any]) -> list[str]:
     """The environment as a few lines for a report's head."""
     loops_text = "; ".join(f"{name}: {version}" for name, version in env["loops"].items())
@@ -184,6 +190,8 @@ def describe(env: dict[str, Any]) -> list[str]:
         f"governor: {env['governor']}; pinning: {env['pinning']}; "
         f"C accelerator: {env['accelerator']}; transport: {env.get('transport', 'TCP')}",
     ]
+    if "tls" in env:
+        lines.append(f"TLS negotiated: {', '.join(env['tls']) or 'nothing measured'}")
     share = env.get("loadgen_cpu")
     if share and share.get("median_pct") is not None:
         lines.append(

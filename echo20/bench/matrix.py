@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 from echo20 import runtime
 from echo20.bench import budgets as budget_checks
 from echo20.bench import charts, report
-from echo20.bench.environment import environment, load_average, loadgen_share
+from echo20.bench.certs import make_tls_files
+from echo20.bench.environment import environment, load_average, loadgen_share, tls_negotiated
 from echo20.bench.measure import CONTENDED_PCT, NOISE_FLAGS, Load, Run, measure
 from echo20.bench.processes import Pinning, Server, choose_cpus, servers_running
 from echo20.bench.stats import Cell, add_ratios
@@ -111,7 +112,7 @@ def prepare(args: argparse.Namespace, wire: Wire | None = None) -> Setup:
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     runtime.raise_open_file_limit()
-    tools = build_tools(out_dir / "build")
+    tools = build_tools(out_dir / "build", tls=wire.tls is not None)
     pinning = choose_cpus(args.pin)
     commands = command_targets(getattr(args, "server_cmds", None) or [])
     names = args.targets
@@ -129,11 +130,13 @@ def prepare(args: argparse.Namespace, wire: Wire | None = None) -> Setup:
 
 def command_run(args: argparse.Namespace) -> int:
     """The matrix: every target at every (connections, size), ``repeats`` times."""
-    if not args.unix:
+    if not (args.unix or args.tls):
         return run_matrix(args, Wire(args.host))
-    # A short path of our own: a Unix socket's path must fit in 108 bytes.
-    with tempfile.TemporaryDirectory(prefix="echo20-bench-") as unix_dir:
-        return run_matrix(args, Wire(args.host, Path(unix_dir)))
+    # The sockets and the certificates in a directory of our own, gone after the run (a
+    # short path: a Unix socket's must fit in 108 bytes).
+    with tempfile.TemporaryDirectory(prefix="echo20-bench-") as scratch:
+        tls = make_tls_files(Path(scratch)) if args.tls else None
+        return run_matrix(args, Wire(args.host, Path(scratch) if args.unix else None, tls))
 
 
 def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
@@ -185,6 +188,8 @@ def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
         cell.summarize()
     add_ratios(ordered)
     env["loadgen_cpu"] = loadgen_share([cell.summary for cell in ordered])
+    if wire.tls is not None:
+        env["tls"] = tls_negotiated([cell.summary for cell in ordered])
     budgets = budget_checks.evaluate(args.budgets or [], ordered)
     problems = list(skipped) + [f"{t.label}: {why}" for t, why in failures.items()]
     problems += [

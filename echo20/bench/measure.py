@@ -104,6 +104,8 @@ class Run:
     idle_cpu_pct: float | None = None
     others_before: list[str] = field(default_factory=list)
     others_during: list[str] = field(default_factory=list)
+    # Under TLS: the version and cipher the load generator negotiated.
+    tls: str | None = None
     flags: list[str] = field(default_factory=list)
     # Wall-clock seconds the whole run took: ramp, warm-up, window, teardown.
     wall_s: float = 0.0
@@ -125,7 +127,7 @@ def run_loadgen(
     """Run the C load generator once; its JSON report (BenchError if it failed)."""
     argv = [
         str(tools.loadgen),
-        *server.address_args(),
+        *server.loadgen_args(),
         "--connections", str(connections),
         "--size", str(size),
         "--warmup", str(load.warmup),
@@ -235,6 +237,7 @@ def measure_into(
     if not report["measured"]:
         run.error = "not measured: " + (report["first_error"] or "no measured window")
         return
+    run.tls = report.get("tls") or None
     run.round_trips = int(report["round_trips"])
     run.elapsed_s = elapsed = float(report["elapsed_s"])
     if run.round_trips == 0:

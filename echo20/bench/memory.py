@@ -119,7 +119,7 @@ def idle_one(
         result["baseline_rss_kib"] = read_status_kib(server.pid, "VmRSS")
         argv = [
             str(tools.loadgen), "--idle",
-            *server.address_args(),
+            *server.loadgen_args(),
             "--connections", str(args.connections), "--size", str(args.size),
             "--ramp-timeout", str(args.ramp_timeout),
         ]  # fmt: skip

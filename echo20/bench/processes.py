@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from echo20.bench.certs import SERVER_NAME, TLSFiles
 from echo20.bench.environment import MachineSample, busy_processes
 from echo20.bench.targets import Target, Wire, server_argv
 from echo20.bench.tools import Tools
@@ -214,6 +215,8 @@ class Server:
     # stopped now because that share says it spins.
     idle_share: float = 0.0
     paused: bool = False
+    # The run's certificates when it serves TLS.
+    tls: TLSFiles | None = None
 
     @property
     def spins(self) -> bool:
@@ -235,14 +238,17 @@ class Server:
     def pid(self) -> int:
         return self.measured_pid or self.process.pid
 
-    def address_args(self) -> list[str]:
-        """The C load generator's arguments that name this server's address."""
+    def loadgen_args(self) -> list[str]:
+        """The C load generator's arguments that name this server: its address, and the
+        authority to trust under TLS."""
+        tls = ["--tls-ca", str(self.tls.cafile)] if self.tls is not None else []
         if isinstance(self.address, str):
-            return ["--unix", self.address]
-        return ["--host", self.address[0], "--port", str(self.address[1])]
+            return ["--unix", self.address, *tls]
+        return ["--host", self.address[0], "--port", str(self.address[1]), *tls]
 
-    def connect(self, timeout: float) -> socket.socket:
-        """A blocking connection to the server."""
+    def connect(self, timeout: float, *, handshake: bool = True) -> socket.socket:
+        """A blocking connection to the server; under TLS, with its handshake done (the
+        certificate checked) unless ``handshake`` is False."""
         if isinstance(self.address, str):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
@@ -251,8 +257,15 @@ class Server:
             except OSError:
                 sock.close()
                 raise
+        else:
+            sock = socket.create_connection(self.address, timeout=timeout)
+        if self.tls is None or not handshake:
             return sock
-        return socket.create_connection(self.address, timeout=timeout)
+        try:
+            return self.tls.client_context().wrap_socket(sock, server_hostname=SERVER_NAME)
+        except OSError:
+            sock.close()
+            raise
 
     def exit_status(self) -> int | None:
         """None while it runs."""
@@ -294,18 +307,40 @@ def start_server(
     log_dir: Path,
     cpu: int | None,
     ready_timeout: float = READY_TIMEOUT,
+    tls: TLSFiles | None = None,
 ) -> Server:
     """Start a server, wait for its ready line, pin it; BenchError (with stderr) if it fails."""
+    process = launch(target, argv, log_dir=log_dir)
+    return wait_ready(
+        target, process, argv, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout, tls=tls
+    )
+
+
+def launch(target: Target, argv: Sequence[str], *, log_dir: Path) -> subprocess.Popen[bytes]:
+    """Start a server's process, its stdout a pipe for the ready line, stderr its log."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    stderr_path = log_dir / f"{target.label}.stderr"
-    with stderr_path.open("ab") as stderr:
-        process = subprocess.Popen(
+    with (log_dir / f"{target.label}.stderr").open("ab") as stderr:
+        return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
             start_new_session=True,
         )
+
+
+def wait_ready(
+    target: Target,
+    process: subprocess.Popen[bytes],
+    argv: Sequence[str],
+    *,
+    log_dir: Path,
+    cpu: int | None,
+    ready_timeout: float = READY_TIMEOUT,
+    tls: TLSFiles | None = None,
+) -> Server:
+    """Wait for a launched server's ready line and pin it; BenchError (with stderr) if it
+    prints none (it is stopped then)."""
     assert process.stdout is not None
     try:
         line = read_line(process.stdout, time.monotonic() + ready_timeout)
@@ -316,7 +351,8 @@ def start_server(
         process.wait()
         raise
     match = READY_LINE.match(line.strip())
-    server = Server(target, process, "", line.strip(), stderr_path)
+    stderr_path = log_dir / f"{target.label}.stderr"
+    server = Server(target, process, "", line.strip(), stderr_path, tls=tls)
     if match is None:
         status = server.stop()
         said = f"printed {line.strip()!r}" if line.strip() else "printed no ready line"
@@ -348,7 +384,9 @@ def start_target(
             target, wire=wire, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout
         )
     argv = server_argv(target, wire, str(tools.server))
-    return start_server(target, argv, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout)
+    return start_server(
+        target, argv, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout, tls=wire.tls
+    )
 
 
 def start_command(
@@ -366,7 +404,10 @@ def start_command(
     path = wire.unix_path(target)
     port = free_port(wire.host) if path is None else 0
     address: Address = (wire.host, port) if path is None else path
-    argv = command_argv(target.command, port=port, host=wire.host, path=path or "")
+    files = {}
+    if wire.tls is not None:
+        files = {"certfile": wire.tls.certfile, "keyfile": wire.tls.keyfile}
+    argv = command_argv(target.command, port=port, host=wire.host, path=path or "", **files)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{target.label}.stderr"
     shown = f"--server-cmd {target.command!r}"
@@ -383,7 +424,7 @@ def start_command(
             raise BenchError(
                 f"{shown}: cannot run {argv[0]!r}: {error.strerror or error}"
             ) from None
-    server = Server(target, process, address, "", log_path)
+    server = Server(target, process, address, "", log_path, tls=wire.tls)
     try:
         wait_until_listening(server, shown, ready_timeout)
     except BaseException:  # BenchError, or Ctrl-C while it starts: no server is left behind
@@ -401,7 +442,7 @@ def wait_until_listening(server: Server, shown: str, timeout: float) -> None:
     where = format_address(server.address)
     while True:
         try:
-            with server.connect(KNOCK_INTERVAL * 10):
+            with server.connect(KNOCK_INTERVAL * 10, handshake=False):
                 return
         except OSError:
             pass  # not listening yet
@@ -520,23 +561,42 @@ def servers_running(
     ``failures``. Every exit status after SIGTERM goes into ``exit_statuses``.
     """
     servers: dict[Target, Server] = {}
+    starting: dict[Target, subprocess.Popen[bytes]] = {}
     try:
-        for target in sorted(targets, key=lambda target: not target.command):
+        for target in [target for target in targets if target.command]:
             try:
-                server = start_target(
+                servers[target] = start_command(
+                    target, wire=wire, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout
+                )
+            except (BenchError, OSError) as error:
+                raise BenchError(str(error)) from None
+        # The others all start at once (each interpreter's imports overlap), and are
+        # waited for one by one.
+        argvs = {
+            target: server_argv(target, wire, str(tools.server))
+            for target in targets
+            if not target.command
+        }
+        for target, argv in argvs.items():
+            try:
+                starting[target] = launch(target, argv, log_dir=log_dir)
+            except OSError as error:
+                failures[target] = f"did not start: {error}"
+        for target, process in list(starting.items()):
+            del starting[target]
+            try:
+                servers[target] = wait_ready(
                     target,
-                    tools=tools,
-                    wire=wire,
+                    process,
+                    argvs[target],
                     log_dir=log_dir,
                     cpu=cpu,
                     ready_timeout=ready_timeout,
+                    tls=wire.tls,
                 )
-            except (BenchError, OSError) as error:
-                if target.command:
-                    raise BenchError(str(error)) from None
+            except BenchError as error:
                 failures[target] = f"did not start: {error}"
-                continue
-            servers[target] = server
+        for target, server in servers.items():
             try:
                 prime(server)
             except WrongReplyError as error:
@@ -549,5 +609,8 @@ def servers_running(
                 server.pause()
         yield servers
     finally:
+        for process in starting.values():  # interrupted while they started
+            signal_group(process.pid, signal.SIGKILL)
+            process.wait()
         for target, server in servers.items():
             exit_statuses[target] = server.stop()

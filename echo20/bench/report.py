@@ -290,6 +290,13 @@ was still busy from the previous cell. `too slow`: the target answered correctly
 not every connection got its first reply within the ramp timeout, or no round trip
 finished in the window (not a failure).
 
+Under `--tls` (the report's head says `transport: TLS over ...`) each row is a TLS
+implementation: `c` OpenSSL's SSL_read/SSL_write, `floor` the loop's own TLS
+(asyncio's sslproto, uvloop's, aiofastnet's), `streams`, `iostream` and `protocol` the
+port's TLSTransport (echo20/tls.py) over the loop's plain transport, `sockets` TLS by
+hand (ssl.MemoryBIO) between sock_recv and sock_sendall. A loop without TLS of its own
+has a `floor` row that says so.
+
 The Tornado reference (`tornado`) leaves Nagle's algorithm on: its second small write
 waits for the client's delayed ACK, about 40 ms per exchange. `tornado-nodelay` is the
 same server with `TCP_NODELAY`, to compare its CPU fairly.

@@ -10,6 +10,11 @@
   ``loop.sock_sendall``) with a task per connection, no transports or protocols,
   driving the one core (``EchoSession.answer``). It does not fit ``ConnectionServer``,
   which is built on the loop's ``asyncio.Server`` and transports, so it lives here.
+
+With ``--certfile`` both serve TLS: the floor with the loop's own TLS
+(``create_server(ssl=...)``: asyncio's sslproto, uvloop's, aiofastnet's), the sockets
+server by hand (``ssl.MemoryBIO`` between ``sock_recv`` and ``sock_sendall``, which have
+no TLS of their own).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import stat
 from typing import Any, cast
 
@@ -94,13 +100,19 @@ class FloorListening(Listening):
         self.server.close()
 
 
-async def listen_floor(args: argparse.Namespace) -> Listening:
+async def listen_floor(args: argparse.Namespace, tls: ssl.SSLContext | None) -> Listening:
     loop = asyncio.get_running_loop()
     protocol = floor_protocol(loop)
-    if args.unix:
-        remove_stale_socket(args.unix)
-        return FloorListening(await loop.create_unix_server(protocol, args.unix))
-    return FloorListening(await loop.create_server(protocol, args.host, args.port))
+    try:
+        if args.unix:
+            remove_stale_socket(args.unix)
+            return FloorListening(await loop.create_unix_server(protocol, args.unix, ssl=tls))
+        return FloorListening(await loop.create_server(protocol, args.host, args.port, ssl=tls))
+    except NotImplementedError:
+        # rloop 0.5: no Unix sockets and no TLS; "cannot listen" in one line, as for a
+        # loop that says so with an OSError.
+        lacking = "TLS" if tls is not None else "Unix sockets"
+        raise OSError(f"the loop has no {lacking}") from None
 
 
 def remove_stale_socket(path: str) -> None:
@@ -110,29 +122,113 @@ def remove_stale_socket(path: str) -> None:
             os.unlink(path)
 
 
-async def serve_socket(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+async def serve_socket(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, tls: ssl.SSLContext | None
+) -> None:
     """One connection of the sockets server: receive, answer, send, until ``over`` or
     the client's end of stream."""
     session = EchoSession()
     with sock:
-        with contextlib.suppress(OSError):  # a reset peer ends the connection, no more
-            while not session.closing:
-                data = await loop.sock_recv(sock, RECV_SIZE)
-                if not data:
-                    break
-                await loop.sock_sendall(sock, session.answer(data))
+        # A reset peer (or a failed TLS handshake: SSLError is an OSError) ends the
+        # connection, no more.
+        with contextlib.suppress(OSError):
+            if tls is not None:
+                await SocketTLS(loop, sock, tls).serve(session)
+            else:
+                while not session.closing:
+                    data = await loop.sock_recv(sock, RECV_SIZE)
+                    if not data:
+                        break
+                    await loop.sock_sendall(sock, session.answer(data))
         # Shut down before closing: veloxloop 0.2's sock_* calls keep a duplicate of the
         # descriptor, so close() alone would leave the client waiting for the end.
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
 
 
+class SocketTLS:
+    """TLS by hand between ``sock_recv`` and ``sock_sendall``: ciphertext in and out of
+    ``ssl.MemoryBIO``, as an event loop's own TLS does under its transports."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, context: ssl.SSLContext
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.ended = False
+
+    async def serve(self, session: EchoSession) -> None:
+        """The handshake, then each batch of decrypted bytes answered, as on plain TCP."""
+        await self.handshake()
+        while not session.closing:
+            data = await self.recv()
+            if not data:
+                break
+            self.tls.write(session.answer(data))
+            await self.flush()
+        with contextlib.suppress(ssl.SSLError):
+            self.tls.unwrap()  # close_notify; the client's own is not waited for
+        await self.flush()
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self.flush()
+                if not await self.fill():
+                    raise ConnectionResetError("end of stream in the TLS handshake") from None
+                continue
+            await self.flush()
+            return
+
+    async def recv(self) -> bytes:
+        """Every record waiting, decrypted, as one batch (one sock_recv takes every byte
+        waiting); ``b""`` at the end of stream."""
+        while True:
+            chunks: list[bytes] = []
+            while not self.ended:
+                try:
+                    chunk = self.tls.read(RECV_SIZE)
+                except ssl.SSLWantReadError:
+                    break
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    self.ended = True
+                    break
+                if not chunk:
+                    self.ended = True
+                    break
+                chunks.append(chunk)
+            await self.flush()  # what reading made TLS say (session tickets, key updates)
+            if chunks or self.ended:
+                return b"".join(chunks)
+            await self.fill()
+
+    async def fill(self) -> bool:
+        """Ciphertext from the socket into TLS; False at the end of stream."""
+        data = await self.loop.sock_recv(self.sock, RECV_SIZE)
+        if not data:
+            self.incoming.write_eof()
+            return False
+        self.incoming.write(data)
+        return True
+
+    async def flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            await self.loop.sock_sendall(self.sock, data)
+
+
 class SocketsListening(Listening):
     """A listening socket, the task accepting on it and a task per connection."""
 
-    def __init__(self, listener: socket.socket) -> None:
+    def __init__(self, listener: socket.socket, tls: ssl.SSLContext | None) -> None:
         super().__init__(listener.getsockname())
         self.listener = listener
+        self.tls = tls
         self.tasks: set[asyncio.Task[None]] = set()
         self.accepting = asyncio.get_running_loop().create_task(self.accept())
 
@@ -149,7 +245,7 @@ class SocketsListening(Listening):
             if self.listener.family != socket.AF_UNIX:
                 # As asyncio's transports and the C server set it.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = loop.create_task(serve_socket(loop, sock))
+            task = loop.create_task(serve_socket(loop, sock, self.tls))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -161,7 +257,7 @@ class SocketsListening(Listening):
         self.listener.close()
 
 
-async def listen_sockets(args: argparse.Namespace) -> Listening:
+async def listen_sockets(args: argparse.Namespace, tls: ssl.SSLContext | None) -> Listening:
     loop = asyncio.get_running_loop()
     address: str | tuple[Any, ...]
     if args.unix:
@@ -181,14 +277,16 @@ async def listen_sockets(args: argparse.Namespace) -> Listening:
     except OSError:
         listener.close()
         raise
-    return SocketsListening(listener)
+    return SocketsListening(listener, tls)
 
 
-async def serve(args: argparse.Namespace, program: str, loop_name: str) -> int:
+async def serve(
+    args: argparse.Namespace, program: str, loop_name: str, tls: ssl.SSLContext | None
+) -> int:
     """Listen, print the ready line, serve until SIGINT/SIGTERM."""
     listen = listen_sockets if args.shape == "sockets" else listen_floor
     try:
-        listening = await listen(args)
+        listening = await listen(args, tls)
     except OSError as error:
         cli.listen_error_line(program, args.unix or format_address((args.host, args.port)), error)
         return 1
@@ -206,8 +304,23 @@ def run_bench_server(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     runtime.raise_open_file_limit()
     runtime.raise_malloc_mmap_threshold()
     loop_name, factory = cli.resolve_loop(parser, args.loop)
+    tls = tls_context(args, parser)
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(serve(args, parser.prog, loop_name))
+        return runner.run(serve(args, parser.prog, loop_name, tls))
+
+
+def tls_context(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ssl.SSLContext | None:
+    """The server's TLS context from --certfile/--keyfile, or exit 2 in one line."""
+    if args.certfile is None:
+        if args.keyfile is not None:
+            parser.error("--keyfile needs --certfile")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.certfile, args.keyfile)
+    except (OSError, ssl.SSLError) as error:
+        parser.error(f"cannot load --certfile {args.certfile}: {error}")
+    return context
 
 
 def command_serve_floor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -116,6 +116,7 @@ class Cell:
                 dict.fromkeys(text for run in self.runs for text in run.others_before)
             ),
             "flags": flags,
+            "tls": next((run.tls for run in self.runs if run.tls), None),
             "histogram": histograms.encode(pooled),
         }
         if self.rate is not None:

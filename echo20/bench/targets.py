@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echo20 import loops
+from echo20.bench.certs import TLSFiles
 from echo20.servers import IMPLEMENTATIONS
 
 __all__ = [
@@ -74,18 +75,26 @@ def command_targets(commands: Sequence[str]) -> list[Target]:
 @dataclass(frozen=True)
 class Wire:
     """How every server listens and the load generator reaches it: TCP on ``host``, or
-    a Unix socket in ``unix_dir`` (one per target)."""
+    a Unix socket in ``unix_dir`` (one per target); under TLS with ``tls``'s files."""
 
     host: str = "127.0.0.1"
     unix_dir: Path | None = None
+    tls: TLSFiles | None = None
 
     def unix_path(self, target: Target) -> str | None:
         """Where ``target`` listens under --unix (None: on TCP)."""
         return None if self.unix_dir is None else str(self.unix_dir / f"{target.label}.sock")
 
     def describe(self) -> str:
-        """``TCP over 127.0.0.1``, ``Unix sockets``: for a report's head."""
-        return "Unix sockets" if self.unix_dir is not None else f"TCP over {self.host}"
+        """``TCP over 127.0.0.1``, ``TLS over Unix sockets``: for a report's head."""
+        plain = "Unix sockets" if self.unix_dir is not None else f"TCP over {self.host}"
+        return f"TLS over {plain}" if self.tls is not None else plain
+
+    def tls_args(self) -> list[str]:
+        """A server's arguments that make it serve the run's certificate (none on TCP)."""
+        if self.tls is None:
+            return []
+        return ["--certfile", str(self.tls.certfile), "--keyfile", str(self.tls.keyfile)]
 
 
 # Targets that listen through the loop's create_unix_server under --unix (sockets binds
@@ -97,12 +106,22 @@ NO_UNIX_SERVER = {
     "rloop": "rloop 0.5 has no Unix sockets (create_unix_server raises NotImplementedError)",
     "veloxloop": "veloxloop 0.2 has no Unix sockets",
 }
+# The floor serves TLS with the loop's own (create_server(ssl=...)); the echo20 servers
+# with the port's TLSTransport over a plain transport, and sockets by hand (MemoryBIO),
+# which every loop runs.
+LOOP_TLS_TARGETS = ("floor",)
+NO_LOOP_TLS = {
+    "rloop": "rloop 0.5 has no TLS of its own (create_server(ssl=...) raises NotImplementedError)",
+    "veloxloop": "veloxloop 0.2's own TLS fails the handshake (SSL: UNEXPECTED_MESSAGE)",
+}
 
 
 def unsupported_on(name: str, loop: str, wire: Wire) -> str | None:
     """Why the loop cannot run target ``name`` over ``wire``: a result, shown as a row."""
     if wire.unix_dir is not None and name in UNIX_SERVER_TARGETS and loop in NO_UNIX_SERVER:
         return NO_UNIX_SERVER[loop]
+    if wire.tls is not None and name in LOOP_TLS_TARGETS and loop in NO_LOOP_TLS:
+        return NO_LOOP_TLS[loop]
     return None
 
 
@@ -124,8 +143,10 @@ def expand_targets(
         if name.startswith("tornado") and importlib.util.find_spec("tornado") is None:
             skipped.append(f"{name}: Tornado is not installed (pip install 'echo20[tornado]')")
             continue
-        if name.startswith("tornado") and wire.unix_dir is not None:
-            skipped.append(f"{name}: the Tornado reference listens on TCP only (no --unix)")
+        if name.startswith("tornado") and (wire.unix_dir is not None or wire.tls is not None):
+            skipped.append(
+                f"{name}: the Tornado reference serves plain TCP only (no --unix, no TLS)"
+            )
             continue
         for loop in loop_names:
             if name.startswith("tornado") and loop not in TORNADO_LOOPS:
@@ -147,6 +168,7 @@ def server_argv(target: Target, wire: Wire, c_server: str) -> list[str]:
     its Unix socket."""
     path = wire.unix_path(target)
     where = ["--unix", path] if path is not None else ["--host", wire.host, "--port", "0"]
+    where += wire.tls_args()
     if target.name == "c":
         return [c_server, *where]
     python = sys.executable
