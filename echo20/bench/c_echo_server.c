@@ -39,10 +39,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
-#ifdef ECHO20_TLS
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#endif
+#include "c_tls.h"
 
 #define CHUNK_SIZE 20
 /* asyncio's selector transports read up to 256 KiB per recv(); the same here, so large
@@ -73,39 +70,18 @@ static void die(const char *what) {
 
 #ifdef ECHO20_TLS
 static SSL_CTX *tls_ctx; /* NULL: plain TCP */
-
-/* An SSL_read/SSL_write result as recv()/send() give theirs: > 0 bytes, 0 end of
- * stream, -1 with errno EAGAIN when it must wait for the socket, -1 otherwise. */
-static ssize_t tls_result(SSL *ssl, int n) {
-    if (n > 0) return n;
-    switch (SSL_get_error(ssl, n)) {
-    case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE:
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    default:
-        ERR_clear_error();
-        errno = ECONNRESET;
-        return -1;
-    }
-}
 #endif
 
 static ssize_t io_recv(int fd, unsigned char *buf, size_t len) {
 #ifdef ECHO20_TLS
-    if (conns[fd].ssl != NULL) return tls_result(conns[fd].ssl, SSL_read(conns[fd].ssl, buf, (int)len));
+    if (conns[fd].ssl != NULL) return tls_recv(conns[fd].ssl, buf, len);
 #endif
     return recv(fd, buf, len, 0);
 }
 
 static ssize_t io_send(int fd, const unsigned char *buf, size_t len) {
 #ifdef ECHO20_TLS
-    if (conns[fd].ssl != NULL) {
-        int n = len > INT32_MAX ? INT32_MAX : (int)len;
-        return tls_result(conns[fd].ssl, SSL_write(conns[fd].ssl, buf, n));
-    }
+    if (conns[fd].ssl != NULL) return tls_send(conns[fd].ssl, buf, len);
 #endif
     return send(fd, buf, len, MSG_NOSIGNAL);
 }

@@ -80,11 +80,7 @@
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
-#ifdef ECHO20_TLS
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
-#endif
+#include "c_tls.h"
 #include <time.h>
 #include <unistd.h>
 
@@ -379,68 +375,25 @@ static void set_out_interest(struct conn *c, int index, int want) {
 #ifdef ECHO20_TLS
 static SSL_CTX *tls_ctx; /* NULL: plain TCP */
 #endif
-static char tls_error[256];   /* why the last TLS call failed (errno EPROTO) */
 static char tls_version[128]; /* what the first connection negotiated */
 
 static const char *error_text(int err) {
-    return err == EPROTO && tls_error[0] ? tls_error : strerror(err);
-}
-
 #ifdef ECHO20_TLS
-static void keep_tls_error(SSL *ssl) {
-    unsigned long e = ERR_get_error();
-    long verify = SSL_get_verify_result(ssl);
-    if (verify != X509_V_OK) {
-        snprintf(tls_error, sizeof tls_error, "TLS: %s",
-                 X509_verify_cert_error_string(verify));
-    } else {
-        strcpy(tls_error, "TLS: ");
-        ERR_error_string_n(e, tls_error + 5, sizeof tls_error - 5);
-    }
-    ERR_clear_error();
-}
-
-/* An SSL_* result as recv()/send() give theirs: > 0 bytes, 0 end of stream, -1 with
- * errno EAGAIN when it must wait for the socket, -1 with errno set otherwise. */
-static ssize_t tls_result(SSL *ssl, int n) {
-    if (n > 0) return n;
-    int saved = errno;
-    switch (SSL_get_error(ssl, n)) {
-    case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE:
-        errno = EAGAIN;
-        return -1;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0;
-    case SSL_ERROR_SYSCALL:
-        ERR_clear_error();
-        if (saved == 0) return 0; /* the peer closed without close_notify */
-        errno = saved;
-        return -1;
-    default:
-        keep_tls_error(ssl);
-        errno = EPROTO;
-        return -1;
-    }
-}
+    if (err == EPROTO && tls_error[0]) return tls_error;
 #endif
+    return strerror(err);
+}
 
 static ssize_t io_recv(struct conn *c, unsigned char *buf, size_t len) {
 #ifdef ECHO20_TLS
-    if (c->ssl != NULL) {
-        errno = 0;
-        return tls_result(c->ssl, SSL_read(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len));
-    }
+    if (c->ssl != NULL) return tls_recv(c->ssl, buf, len);
 #endif
     return recv(c->fd, buf, len, 0);
 }
 
 static ssize_t io_send(struct conn *c, const unsigned char *buf, size_t len) {
 #ifdef ECHO20_TLS
-    if (c->ssl != NULL) {
-        errno = 0;
-        return tls_result(c->ssl, SSL_write(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len));
-    }
+    if (c->ssl != NULL) return tls_send(c->ssl, buf, len);
 #endif
     return send(c->fd, buf, len, MSG_NOSIGNAL);
 }

@@ -300,22 +300,6 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def start_server(
-    target: Target,
-    argv: Sequence[str],
-    *,
-    log_dir: Path,
-    cpu: int | None,
-    ready_timeout: float = READY_TIMEOUT,
-    tls: TLSFiles | None = None,
-) -> Server:
-    """Start a server, wait for its ready line, pin it; BenchError (with stderr) if it fails."""
-    process = launch(target, argv, log_dir=log_dir)
-    return wait_ready(
-        target, process, argv, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout, tls=tls
-    )
-
-
 def launch(target: Target, argv: Sequence[str], *, log_dir: Path) -> subprocess.Popen[bytes]:
     """Start a server's process, its stdout a pipe for the ready line, stderr its log."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -384,8 +368,9 @@ def start_target(
             target, wire=wire, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout
         )
     argv = server_argv(target, wire, str(tools.server))
-    return start_server(
-        target, argv, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout, tls=wire.tls
+    process = launch(target, argv, log_dir=log_dir)
+    return wait_ready(
+        target, process, argv, log_dir=log_dir, cpu=cpu, ready_timeout=ready_timeout, tls=wire.tls
     )
 
 

@@ -304,23 +304,9 @@ def run_bench_server(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     runtime.raise_open_file_limit()
     runtime.raise_malloc_mmap_threshold()
     loop_name, factory = cli.resolve_loop(parser, args.loop)
-    tls = tls_context(args, parser)
+    tls = cli.server_tls_context(parser, args)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(serve(args, parser.prog, loop_name, tls))
-
-
-def tls_context(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ssl.SSLContext | None:
-    """The server's TLS context from --certfile/--keyfile, or exit 2 in one line."""
-    if args.certfile is None:
-        if args.keyfile is not None:
-            parser.error("--keyfile needs --certfile")
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(args.certfile, args.keyfile)
-    except (OSError, ssl.SSLError) as error:
-        parser.error(f"cannot load --certfile {args.certfile}: {error}")
-    return context
 
 
 def command_serve_floor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

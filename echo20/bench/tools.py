@@ -34,9 +34,17 @@ class Tools:
     loadgen: Path
 
 
+# The header both programs include for TLS, put in place of its #include line, so the
+# source written out (and hashed) is whole.
+HEADER = "c_tls.h"
+
+
 def source_text(name: str) -> bytes:
-    """The C source ``name`` (without ``.c``) from the installed package."""
-    return resources.files("echo20.bench").joinpath(f"{name}.c").read_bytes()
+    """The C source ``name`` (without ``.c``) from the installed package, its header in it."""
+    package = resources.files("echo20.bench")
+    header = package.joinpath(HEADER).read_bytes()
+    text = package.joinpath(f"{name}.c").read_bytes()
+    return text.replace(f'#include "{HEADER}"\n'.encode(), header)
 
 
 def build_tools(build_dir: Path, *, tls: bool = False) -> Tools:
