@@ -15,11 +15,13 @@ import logging
 import os
 import re
 import socket
+import ssl
 import sys
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple, NoReturn
 
 from echo20 import loops
+from echo20.errors import describe_error
 from echo20.netutil import format_address
 
 __all__ = [
@@ -156,6 +158,22 @@ def resolve_loop(parser: argparse.ArgumentParser, name: str) -> tuple[str, loops
         return concrete, loops.loop_factory(concrete)
     except loops.LoopUnavailableError as error:
         parser.error(str(error))
+
+
+def server_tls_context(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> ssl.SSLContext | None:
+    """The TLS context for --certfile/--keyfile, or exit 2 with one line if they are bad."""
+    if args.certfile is None:
+        if args.keyfile is not None:
+            parser.error("--keyfile needs --certfile")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.certfile, args.keyfile)
+    except (OSError, ssl.SSLError) as error:
+        parser.error(f"cannot load the certificate: {describe_error(error)}")
+    return context
 
 
 def ready_line(address: object, loop_name: str) -> str:

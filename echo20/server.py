@@ -16,7 +16,6 @@ import sys
 from typing import Any
 
 from echo20 import cli, runtime, supervisor
-from echo20.errors import describe_error
 from echo20.netutil import DEFAULT_BACKLOG, format_address, inherited_sockets
 from echo20.servers import DEFAULT_IMPLEMENTATION, IMPLEMENTATIONS, EchoServer
 
@@ -115,22 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def server_tls_context(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> ssl.SSLContext | None:
-    """The TLS context for --certfile/--keyfile, or exit 2 with one line if they are bad."""
-    if args.certfile is None:
-        if args.keyfile is not None:
-            parser.error("--keyfile needs --certfile")
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(args.certfile, args.keyfile)
-    except (OSError, ssl.SSLError) as error:
-        parser.error(f"cannot load the certificate: {describe_error(error)}")
-    return context
-
-
 async def listen(
     server: EchoServer,
     args: argparse.Namespace,
@@ -199,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.configure_logging(args.log_level)
     loop_name, factory = cli.resolve_loop(parser, args.loop)
-    tls = server_tls_context(parser, args)
+    tls = cli.server_tls_context(parser, args)
     if args.fd and (args.unix or args.workers != 1):
         parser.error("--fd serves one process on inherited sockets: not with --unix or --workers")
     if args.workers != 1:

@@ -26,7 +26,7 @@ from echo20.bench.measure import LOADGEN_GRACE, Load, Run, measure
 from echo20.bench.processes import Pinning, prime, read_line, read_status_kib
 from echo20.bench.processes import start_target as launch
 from echo20.bench.stats import Cell
-from echo20.bench.targets import Target
+from echo20.bench.targets import Target, Wire
 from echo20.bench.tools import Tools
 from echo20.bench.units import fmt, fmt_ratio, format_size
 from echo20.errors import BenchError
@@ -42,7 +42,7 @@ COLD_HEADERS = ("target", "conns", "size", "cold CPU µs/rt", "warm CPU µs/rt",
 
 def command_idle(args: argparse.Namespace) -> int:
     """RSS per idle connection: N connections that each exchanged one message, then wait."""
-    out_dir, tools, pinning, targets, skipped, env = prepare(args)
+    out_dir, tools, pinning, targets, skipped, _, env = prepare(args)
     results: list[dict[str, Any]] = []
     with progress_bar(len(targets)) as status:
         for target in targets:
@@ -105,7 +105,11 @@ def idle_one(
     }
     try:
         server = launch(
-            target, tools=tools, host=args.host, log_dir=out_dir / "logs", cpu=pinning.server_cpu
+            target,
+            tools=tools,
+            wire=Wire(args.host),
+            log_dir=out_dir / "logs",
+            cpu=pinning.server_cpu,
         )
     except (BenchError, OSError) as error:
         result["error"] = f"did not start: {error}"
@@ -115,7 +119,7 @@ def idle_one(
         result["baseline_rss_kib"] = read_status_kib(server.pid, "VmRSS")
         argv = [
             str(tools.loadgen), "--idle",
-            "--host", server.host, "--port", str(server.port),
+            *server.loadgen_args(),
             "--connections", str(args.connections), "--size", str(args.size),
             "--ramp-timeout", str(args.ramp_timeout),
         ]  # fmt: skip
@@ -168,7 +172,7 @@ def command_cold_start(args: argparse.Namespace) -> int:
     connection has ever closed), then measure the same cell again (its first load's
     connections have closed by then). The ratio is cold over warm.
     """
-    out_dir, tools, pinning, targets, skipped, env = prepare(args)
+    out_dir, tools, pinning, targets, skipped, _, env = prepare(args)
     points, _ = matrix_points(args.connections, args.sizes, args.max_inflight)
     cold = {(t, p): Cell(t, *p) for t in targets for p in points}
     warm = {(t, p): Cell(t, *p) for t in targets for p in points}
@@ -267,7 +271,11 @@ def cold_and_warm(
 ) -> tuple[Run, Run]:
     try:
         server = launch(
-            target, tools=tools, host=args.host, log_dir=out_dir / "logs", cpu=pinning.server_cpu
+            target,
+            tools=tools,
+            wire=Wire(args.host),
+            log_dir=out_dir / "logs",
+            cpu=pinning.server_cpu,
         )
     except (BenchError, OSError) as error:
         failed = Run(error=f"did not start: {error}")
