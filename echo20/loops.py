@@ -288,9 +288,15 @@ class _RloopFixes:
 
     create_server = _passing_os_errors("create_server")
     create_connection = _passing_os_errors("create_connection")
-    create_unix_server = _passing_os_errors("create_unix_server")
-    create_unix_connection = _passing_os_errors("create_unix_connection")
     connect_accepted_socket = _passing_os_errors("connect_accepted_socket")
+
+    # rloop 0.5 raises a bare NotImplementedError for Unix sockets: an OSError is what
+    # callers report as "cannot listen" (or "cannot connect") in one line.
+    async def create_unix_server(self, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EAFNOSUPPORT, "rloop 0.5 has no Unix sockets")
+
+    async def create_unix_connection(self, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EAFNOSUPPORT, "rloop 0.5 has no Unix sockets")
 
 
 # --- veloxloop: what its 0.2 loop lacks -------------------------------------------------
