@@ -18,6 +18,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import TypeAlias
 
 from echo20 import cli, loops
 from echo20.bench.budgets import parse_budget
@@ -182,16 +183,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(
-        prog=PROGRAM,
-        description=(
-            "Benchmark every echo20 server on every event loop against a C epoll "
-            "reference, with a C load generator (closed or open loop, every reply verified)."
-        ),
-        formatter_class=cli.HelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# What add_subparsers returns; argparse gives the type no public name (and it is
+# generic only to the type checker).
+Subcommands: TypeAlias = "argparse._SubParsersAction[cli.ArgumentParser]"
+
+
+def add_run_command(commands: Subcommands) -> None:
+    """``run``: the matrix, closed or open loop, and its flags."""
     run = commands.add_parser(
         "run",
         help="the matrix: throughput, latency percentiles, CPU per round trip, RSS",
@@ -274,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a limit to check, repeatable: LABEL@CONNSxSIZE[:cpu|p50|p99|mib](<=|>=)RATIO "
         "to the C server, e.g. protocol-uvloop@16x200<=1.3; one not met exits 1",
     )
+
+
+def add_compare_command(commands: Subcommands) -> None:
+    """``compare OLD NEW``: two reports cell by cell."""
     compare = commands.add_parser(
         "compare",
         help="NEW / OLD per cell, and whether it lies outside the repeats' spread",
@@ -285,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("old", type=Path, help="the earlier bench.json")
     compare.add_argument("new", type=Path, help="the later bench.json")
+
+
+def add_idle_command(commands: Subcommands) -> None:
+    """``idle``: RSS per idle connection."""
     idle = commands.add_parser(
         "idle",
         help="RSS per idle connection",
@@ -305,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to get every connection answered",
     )
     add_common_arguments(idle)
+
+
+def add_cold_start_command(commands: Subcommands) -> None:
+    """``cold-start``: a fresh server against a warmed one."""
     cold = commands.add_parser(
         "cold-start",
         help="a fresh server's CPU per round trip against one that has served a client",
@@ -312,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=cli.HelpFormatter,
     )
     add_matrix_arguments(cold, connections="16", sizes="200", warmup=0.5, duration=2.0, repeats=3)
+
+
+def add_server_commands(commands: Subcommands) -> None:
+    """``serve-floor`` and ``serve-sockets``: the bench-only servers on their own."""
     floor = commands.add_parser(
         "serve-floor",
         help="run the floor target (a bare protocol, nothing else)",
@@ -339,6 +353,23 @@ def build_parser() -> argparse.ArgumentParser:
             "--keyfile", help="the certificate's private key (PEM; default: in certfile)"
         )
         cli.add_logging_arguments(server)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(
+        prog=PROGRAM,
+        description=(
+            "Benchmark every echo20 server on every event loop against a C epoll "
+            "reference, with a C load generator (closed or open loop, every reply verified)."
+        ),
+        formatter_class=cli.HelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_run_command(commands)
+    add_compare_command(commands)
+    add_idle_command(commands)
+    add_cold_start_command(commands)
+    add_server_commands(commands)
     return parser
 
 
