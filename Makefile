@@ -39,9 +39,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py
 
-# The conformance matrix (scenario x server, with round-trip times), written and printed.
+# The conformance matrix, written and printed: every scenario and observation on the
+# Tornado reference, the seed's server and ours on asyncio and uvloop, then every client
+# (`echo20-conformance compare --help`; docs/conformance-runner.md, "Comparing servers").
+COMPARED := tornado-asyncio tornado-uvloop streams-asyncio streams-uvloop \
+	iostream-asyncio iostream-uvloop protocol-asyncio protocol-uvloop seed \
+	echo-client tornado-client seed-client
 compare: $(STAMP)
-	$(BIN)/python tools/compare.py
+	$(BIN)/echo20-conformance compare $(COMPARED) --markdown docs/conformance.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CHECKED) $(UNTYPED)

@@ -1,9 +1,9 @@
 """Command-line pieces shared by every echo20 script: flags, logging, messages.
 
-The servers (``echo_server.py``, ``tornado_server.py``) and clients (``echo_client.py``,
-``tornado_client.py``) take the same ``--host``/``--port``/``--loop``/``--log-level``
-flags, print the same ready line and stop the same way, so users can swap one for the
-other in a command line.
+The servers (``echo20-server``, the Tornado reference's ``tornado_server``) and clients
+(``echo20-client``, ``tornado_client``) take the same ``--host``/``--port``/``--loop``/
+``--log-level`` flags, print the same ready line and stop the same way, so users can swap
+one for the other in a command line.
 """
 
 from __future__ import annotations
@@ -13,22 +13,27 @@ import importlib.util
 import io
 import logging
 import os
+import re
 import socket
+import ssl
 import sys
 from collections.abc import Iterable, Iterator
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from echo20 import loops
+from echo20.errors import describe_error
 from echo20.netutil import format_address
 
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "ArgumentParser",
+    "ReadyLine",
     "add_connection_arguments",
     "add_logging_arguments",
     "configure_logging",
     "error_line",
+    "parse_ready_line",
     "ready_line",
 ]
 
@@ -155,9 +160,51 @@ def resolve_loop(parser: argparse.ArgumentParser, name: str) -> tuple[str, loops
         parser.error(str(error))
 
 
+def server_tls_context(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> ssl.SSLContext | None:
+    """The TLS context for --certfile/--keyfile, or exit 2 with one line if they are bad."""
+    if args.certfile is None:
+        if args.keyfile is not None:
+            parser.error("--keyfile needs --certfile")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.certfile, args.keyfile)
+    except (OSError, ssl.SSLError) as error:
+        parser.error(f"cannot load the certificate: {describe_error(error)}")
+    return context
+
+
 def ready_line(address: object, loop_name: str) -> str:
     """``echo20 listening on HOST:PORT (loop: NAME)``: what scripts and tests wait for."""
     return f"echo20 listening on {format_address(address)} (loop: {loop_name})"
+
+
+# What ready_line writes: HOST:PORT, [IPv6]:PORT, or unix:PATH, then the loop's name.
+_READY_LINE = re.compile(
+    r"^echo20 listening on (?:unix:(?P<path>.+)|"
+    r"(?:\[(?P<host6>[^\]]+)\]|(?P<host>[^:\s]+)):(?P<port>\d+))"
+    r" \(loop: (?P<loop>[\w-]+)\)$"
+)
+
+
+class ReadyLine(NamedTuple):
+    """A ready line taken apart. For a Unix socket ``host`` is its path and ``port`` 0."""
+
+    host: str
+    port: int
+    loop: str
+
+
+def parse_ready_line(line: str) -> ReadyLine | None:
+    """The parts of a line :func:`ready_line` wrote, or None for any other line."""
+    match = _READY_LINE.match(line.strip())
+    if match is None:
+        return None
+    if match["path"] is not None:
+        return ReadyLine(match["path"], 0, match["loop"])
+    return ReadyLine(match["host6"] or match["host"], int(match["port"]), match["loop"])
 
 
 def listen_error_line(program: str, where: str, error: OSError) -> None:

@@ -50,6 +50,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
+from echo20.coalescing import WriteBuffer, WriteCoalescer
 from echo20.errors import StreamBufferFullError, StreamClosedError, UnsatisfiableReadError
 from echo20.netutil import (
     abort_with_reset,
@@ -82,13 +83,6 @@ DEFAULT_MAX_BUFFER_SIZE = 100 * 1024 * 1024
 # Received bytes nobody is reading yet: above this much, stop reading from the socket
 # until a read takes some (backpressure; Tornado instead closes at max_buffer_size).
 DEFAULT_READ_HIGH_WATER = 4 * DEFAULT_READ_CHUNK_SIZE
-
-# Queued writes are handed to the transport at the end of the loop turn, or at once when
-# this many bytes are waiting (asyncio's own default high-water mark for transports).
-WRITE_FLUSH_THRESHOLD = 64 * 1024
-
-# A read that never wakes for new data, only for the end of stream or a close.
-_WAKE_ONLY_AT_END = sys.maxsize
 
 
 class IOStream(asyncio.BufferedProtocol):
@@ -132,7 +126,11 @@ class IOStream(asyncio.BufferedProtocol):
         self._recv_view: memoryview | None = None
         self._on_connect = on_connect
 
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Tornado's IOStream(socket) is made inside the event loop, or before it runs
+        # (then on the loop that will run it); other streams learn theirs on connecting.
+        self._loop: asyncio.AbstractEventLoop | None = (
+            None if socket is None else asyncio.get_event_loop()
+        )
         self._transport: asyncio.Transport | None = None
         self._socket = socket
         self._read_buffer = bytearray()
@@ -167,9 +165,10 @@ class IOStream(asyncio.BufferedProtocol):
         self._closed = False
         self.error: BaseException | None = None
 
-        self._write_pending: list[bytes] = []
-        self._write_pending_size = 0
-        self._flush_scheduled = False
+        # The writes of one loop turn leave in one transport.write (coalescing.py);
+        # those made before the connection is up wait in _unsent.
+        self._writes = WriteCoalescer(self._send, self._loop)
+        self._unsent: list[WriteBuffer] = []
         # Until the connection is up, writes wait (as they do while the transport is
         # above its high-water mark): connection_made resumes them.
         self._paused_writing = True
@@ -183,10 +182,7 @@ class IOStream(asyncio.BufferedProtocol):
         self.bytes_read = 0
         self.bytes_written = 0
 
-        if socket is not None:
-            # Tornado's IOStream(socket): made inside the event loop, or before it runs
-            # (then on the loop that will run it).
-            self._loop = asyncio.get_event_loop()
+        if self._loop is not None and socket is not None:
             try:
                 socket.getpeername()
             except OSError:
@@ -337,8 +333,11 @@ class IOStream(asyncio.BufferedProtocol):
             self._connect_future = None
             if not connected.done():
                 connected.set_result(self)
-        if self._write_pending:
-            self._flush()
+        if self._unsent:
+            for data in self._unsent:
+                self._send(data)
+            self._unsent.clear()
+        self._writes.flush()
         self.resume_writing()
         if self._on_connect is not None:
             on_connect, self._on_connect = self._on_connect, None
@@ -405,8 +404,7 @@ class IOStream(asyncio.BufferedProtocol):
         if exc is not None and self.error is None and not self._closed:
             # After close() the first reason sticks, as in close() itself.
             self.error = exc
-        self._write_pending.clear()
-        self._write_pending_size = 0
+        self._writes.clear()
         if self.reading():
             self.close()
         else:
@@ -558,10 +556,10 @@ class IOStream(asyncio.BufferedProtocol):
             return
         if self._paused_reading:
             self._resume_reading()
-        if self._write_pending:
+        if self._writes.queued_size:
             # Nothing more to answer until bytes arrive: send the replies now rather
             # than at the end of the loop turn.
-            self._flush()
+            self._writes.flush()
 
     def _find_read_position(self) -> int | None:
         """How many buffered bytes complete the read in progress, or None if they cannot.
@@ -693,15 +691,7 @@ class IOStream(asyncio.BufferedProtocol):
             raise StreamClosedError(real_error=self.error)
         if data:
             # Keep our own copy: the caller may reuse a bytearray before the flush.
-            chunk = data if type(data) is bytes else bytes(data)
-            self._write_pending.append(chunk)
-            self._write_pending_size += len(chunk)
-            if self._write_pending_size >= WRITE_FLUSH_THRESHOLD:
-                self._flush()
-            elif not self._flush_scheduled:
-                self._flush_scheduled = True
-                assert self._loop is not None
-                self._loop.call_soon(self._flush)
+            self._writes.add(data if type(data) is bytes else bytes(data))
         if self._paused_writing:
             assert self._loop is not None
             waiter: asyncio.Future[None] = self._loop.create_future()
@@ -710,18 +700,15 @@ class IOStream(asyncio.BufferedProtocol):
         assert self._write_done is not None
         return self._write_done
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        pending = self._write_pending
-        if not pending or self._transport is None:
-            # (Not connected yet: connection_made sends them.)
-            return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        self._write_pending_size = 0
-        if self._transport is not None and not self._connection_lost:
-            self._transport.write(data)
+    def _send(self, data: WriteBuffer) -> None:
+        # The coalesced writes of one loop turn.
+        transport = self._transport
+        if transport is not None and not self._connection_lost:
+            transport.write(data)
             self.bytes_written += len(data)
+        elif transport is None and not self._closed:
+            # Not connected yet: connection_made sends them.
+            self._unsent.append(data)
 
     def _fail_drain_waiters(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -775,7 +762,7 @@ class IOStream(asyncio.BufferedProtocol):
         if transport is None:
             self._close_socket()
         elif not self._connection_lost:
-            self._flush()
+            self._writes.flush()
             close_gracefully(transport)
         self._mark_closed()
 
@@ -814,7 +801,7 @@ class IOStream(asyncio.BufferedProtocol):
         if self._closed or transport is None or self._connection_lost:
             self.close()
             return
-        self._flush()
+        self._writes.flush()
         if not start_lingering_close(transport):
             self.close()
             return
@@ -824,8 +811,8 @@ class IOStream(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Close at once, dropping queued writes (the peer sees a reset)."""
-        self._write_pending.clear()
-        self._write_pending_size = 0
+        self._writes.clear()
+        self._unsent.clear()
         if self._transport is None:
             self._close_socket()
         elif not self._connection_lost:
@@ -867,7 +854,7 @@ class IOStream(asyncio.BufferedProtocol):
     def writing(self) -> bool:
         """True while written bytes have not all been handed to the kernel."""
         transport = self._transport
-        return bool(self._write_pending) or (
+        return bool(self._writes.queued_size or self._unsent) or (
             transport is not None
             and not self._connection_lost
             and transport.get_write_buffer_size() > 0

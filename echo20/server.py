@@ -13,11 +13,11 @@ import logging
 import socket
 import ssl
 import sys
+from typing import Any
 
 from echo20 import cli, runtime, supervisor
-from echo20.errors import describe_error
 from echo20.netutil import DEFAULT_BACKLOG, format_address, inherited_sockets
-from echo20.servers import DEFAULT_IMPLEMENTATION, IMPLEMENTATIONS
+from echo20.servers import DEFAULT_IMPLEMENTATION, IMPLEMENTATIONS, EchoServer
 
 __all__ = ["build_parser", "main", "serve"]
 
@@ -114,20 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def server_tls_context(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> ssl.SSLContext | None:
-    """The TLS context for --certfile/--keyfile, or exit 2 with one line if they are bad."""
-    if args.certfile is None:
-        if args.keyfile is not None:
-            parser.error("--keyfile needs --certfile")
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(args.certfile, args.keyfile)
-    except (OSError, ssl.SSLError) as error:
-        parser.error(f"cannot load the certificate: {describe_error(error)}")
-    return context
+async def listen(
+    server: EchoServer,
+    args: argparse.Namespace,
+    tls: ssl.SSLContext | None,
+    inherited: list[socket.socket] | None,
+) -> None:
+    """Start accepting where the command line says: inherited sockets, a Unix socket, or
+    ``--host``/``--port``. Raises OSError when that cannot be done."""
+    where: dict[str, Any] = {
+        "backlog": args.backlog,
+        "ssl": tls,
+        "ssl_handshake_timeout": args.handshake_timeout,
+    }
+    if inherited:
+        await server.add_sockets(inherited, **where)
+    elif args.unix:
+        await server.listen_unix(args.unix, **where)
+    else:
+        await server.listen(args.port, args.host, reuse_port=args.reuse_port, **where)
 
 
 async def serve(
@@ -148,29 +153,7 @@ async def serve(
         idle_timeout=args.idle_timeout,
     )
     try:
-        if inherited:
-            await server.add_sockets(
-                inherited,
-                backlog=args.backlog,
-                ssl=tls,
-                ssl_handshake_timeout=args.handshake_timeout,
-            )
-        elif args.unix:
-            await server.listen_unix(
-                args.unix,
-                backlog=args.backlog,
-                ssl=tls,
-                ssl_handshake_timeout=args.handshake_timeout,
-            )
-        else:
-            await server.listen(
-                args.port,
-                args.host,
-                backlog=args.backlog,
-                reuse_port=args.reuse_port,
-                ssl=tls,
-                ssl_handshake_timeout=args.handshake_timeout,
-            )
+        await listen(server, args, tls, inherited)
     except OSError as error:
         cli.listen_error_line(PROGRAM, args.unix or format_address((args.host, args.port)), error)
         return 1
@@ -199,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.configure_logging(args.log_level)
     loop_name, factory = cli.resolve_loop(parser, args.loop)
-    tls = server_tls_context(parser, args)
+    tls = cli.server_tls_context(parser, args)
     if args.fd and (args.unix or args.workers != 1):
         parser.error("--fd serves one process on inherited sockets: not with --unix or --workers")
     if args.workers != 1:

@@ -31,6 +31,7 @@ import ssl as ssl_module
 from collections.abc import Iterator
 from typing import Any, cast
 
+from echo20.coalescing import WriteBuffer, WriteCoalescer
 from echo20.errors import StreamClosedError
 from echo20.netutil import (
     abort_with_reset,
@@ -49,11 +50,6 @@ __all__ = [
     "read_partial",
     "stream_closed_error",
 ]
-
-# Coalesced writes go to the transport at the end of the loop turn, or at once when
-# this many bytes wait (asyncio's default high-water mark for transports), so a
-# connection never holds more than that in user space before backpressure applies.
-WRITE_FLUSH_THRESHOLD = 64 * 1024
 
 
 def stream_closed_error(error: BaseException) -> StreamClosedError:
@@ -154,34 +150,22 @@ class StreamReader(asyncio.StreamReader):
 class CoalescingWriter:
     """The write side of an asyncio ``StreamWriter``: one loop turn's writes, one send.
 
-    ``write()`` queues; the queue goes to the transport when the loop turn ends, or at
-    once past :data:`WRITE_FLUSH_THRESHOLD`. ``drain()`` keeps asyncio's meaning (wait
-    while the transport is above its high-water mark), ``close()`` sends what is queued,
+    ``write()`` queues (:class:`~echo20.coalescing.WriteCoalescer`); the queue goes to
+    the transport when the loop turn ends, or at once when it grows large. ``drain()``
+    keeps asyncio's meaning (wait while the transport is above its high-water mark),
+    ``close()`` sends what is queued,
     then the end of stream. A write or drain on a closed stream raises
     :class:`StreamClosedError`, where asyncio drops the bytes.
     """
 
-    __slots__ = (
-        "_flush_scheduled",
-        "_flushed",
-        "_loop",
-        "_low_water",
-        "_queue",
-        "_transport",
-        "bytes_written",
-        "writer",
-    )
+    __slots__ = ("_low_water", "_transport", "_writes", "bytes_written", "writer")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         # uvloop's transports do not subclass asyncio.Transport.
         self._transport = cast(asyncio.Transport, writer.transport)
-        self._loop = asyncio.get_running_loop()
-        self._queue: list[bytes | bytearray | memoryview] = []
-        self._flush_scheduled = False
+        self._writes = WriteCoalescer(self._send)
         self.bytes_written = 0
-        # bytes_written when the queue was last handed over: the difference is queued.
-        self._flushed = 0
         try:
             self._low_water = self._transport.get_write_buffer_limits()[0]
         except NotImplementedError:
@@ -195,38 +179,27 @@ class CoalescingWriter:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.writer.get_extra_info(name, default)
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
+    def write(self, data: WriteBuffer) -> None:
         """Queue ``data``; it leaves with the rest of this loop turn's writes."""
         # Once per 20-byte chunk on the streams server: kept to a few operations.
         if self._transport.is_closing():
             raise StreamClosedError(real_error=self._lost_error())
-        self._queue.append(data)
+        self._writes.add(data)
         self.bytes_written += len(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_at_turn_end)
-        elif self.bytes_written - self._flushed >= WRITE_FLUSH_THRESHOLD:
-            self.flush()
 
-    def _flush_at_turn_end(self) -> None:
-        self._flush_scheduled = False
-        self.flush()
+    def _send(self, data: WriteBuffer) -> None:
+        # The coalesced writes of one loop turn; dropped if the connection went meanwhile.
+        if data and not self._transport.is_closing():
+            self._transport.write(data)
 
     def flush(self) -> None:
         """Hand everything queued to the transport now."""
-        queue = self._queue
-        if not queue:
-            return
-        data = queue[0] if len(queue) == 1 else b"".join(queue)
-        queue.clear()
-        self._flushed = self.bytes_written
-        if data and not self._transport.is_closing():
-            self._transport.write(data)
+        self._writes.flush()
 
     @property
     def buffered_size(self) -> int:
         """Bytes written but not yet sent: queued here or in the transport."""
-        return self.bytes_written - self._flushed + self._transport.get_write_buffer_size()
+        return self._writes.queued_size + self._transport.get_write_buffer_size()
 
     async def drain(self) -> None:
         """Wait while the transport holds more unsent bytes than its high-water mark."""
@@ -260,8 +233,7 @@ class CoalescingWriter:
 
     def abort(self) -> None:
         """Close at once with a reset, dropping what is queued."""
-        self._queue.clear()
-        self._flushed = self.bytes_written
+        self._writes.clear()
         abort_with_reset(self.transport)
 
     async def wait_closed(self) -> None:
@@ -271,7 +243,7 @@ class CoalescingWriter:
 
     def __repr__(self) -> str:
         peer = format_address(self.get_extra_info("peername"))
-        return f"<CoalescingWriter {peer} queued={self.bytes_written - self._flushed}>"
+        return f"<CoalescingWriter {peer} queued={self._writes.queued_size}>"
 
 
 async def open_connection(

@@ -41,3 +41,24 @@ IN_PROCESS_LOOPS = ("asyncio", "uvloop")
 def loops_under_test() -> list[str]:
     """The installed loops among IN_PROCESS_LOOPS."""
     return [name for name in loops.available_loops() if name in IN_PROCESS_LOOPS]
+
+
+@pytest.fixture(scope="session")
+def built_c_programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The benchmark's C server and load generator, plain and with TLS, compiled once
+    for the session."""
+    from echo20.bench import tools
+
+    build = tmp_path_factory.mktemp("bench-build")
+    tools.build_tools(build)
+    tools.build_tools(build, tls=True)
+    return build
+
+
+@pytest.fixture
+def bench_out(tmp_path: Path, built_c_programs: Path) -> Path:
+    """An ``echo20-bench --out`` directory whose C programs are built already."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "build").symlink_to(built_c_programs)
+    return out

@@ -1,14 +1,14 @@
 """Test plumbing shared by every suite: one timeout, server processes, ready lines.
 
-Nothing here imports the implementation: the conformance suite runs against any
-server command, the Tornado reference included.
+Nothing here imports a server implementation (only the command line's ready-line
+parser): the conformance suite runs against any server command, the Tornado
+reference included.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import re
 import signal
 import socket
 import struct
@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+from echo20 import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -28,12 +30,6 @@ PYTHON = sys.executable
 # bounds a failure (a hang fails loudly after it); ECHO20_TEST_TIMEOUT_SCALE=3 on a
 # slow machine.
 TIMEOUT = 10.0 * float(os.environ.get("ECHO20_TEST_TIMEOUT_SCALE", "1"))
-
-READY_LINE = re.compile(
-    r"^echo20 listening on (?:unix:(?P<path>.+)|"
-    r"(?:\[(?P<host6>[^\]]+)\]|(?P<host>[^:\s]+)):(?P<port>\d+))"
-    r" \(loop: (?P<loop>[\w-]+)\)$"
-)
 
 
 @dataclass
@@ -74,19 +70,16 @@ class ServerProcess:
         return status
 
 
-def parse_ready_line(line: str) -> tuple[str, int, str]:
+def parse_ready_line(line: str) -> cli.ReadyLine:
     """(host, port, loop) from ``echo20 listening on HOST:PORT (loop: NAME)``.
 
     For a Unix socket (``echo20 listening on unix:PATH (loop: NAME)``) the host is
     the socket's path and the port 0.
     """
-    match = READY_LINE.match(line.strip())
-    if match is None:
+    ready = cli.parse_ready_line(line)
+    if ready is None:
         raise AssertionError(f"not a ready line: {line!r}")
-    if match.group("path") is not None:
-        return match.group("path"), 0, match.group("loop")
-    host = match.group("host6") or match.group("host")
-    return host, int(match.group("port")), match.group("loop")
+    return ready
 
 
 def start_server(argv: Sequence[str], *, cwd: Path = ROOT) -> ServerProcess:

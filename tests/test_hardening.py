@@ -425,6 +425,63 @@ def test_idle_timeout(loop: str, impl: str) -> None:
     assert "Traceback" not in server.stderr_text()
 
 
+# Every implementation on each loop: the idle sweep is shared, but what counts as "still
+# writing" is each implementation's own (``Connection.writing``).
+EVERY_SERVER = [
+    pytest.param(loop, impl, id=f"{loop}-{impl}") for loop in LOOPS for impl in IMPLEMENTATIONS
+]
+# Short, because the slow reader below waits it out twice.
+SLOW_READER_IDLE_TIMEOUT = 0.25
+# A message whose 8 MiB reply neither the server nor the kernels between it and a small
+# receive buffer can hold at once (the server's send buffer grows to 4 MiB at most, the
+# net.ipv4.tcp_wmem default): the server stops reading with input left unread.
+OWED_MESSAGE = b"x" * (4 * MiB)
+# How much the slow reader takes per read once it reads again.
+SLOW_READ_STEP = 16 * 1024
+
+
+@pytest.mark.parametrize(("loop", "impl"), EVERY_SERVER)
+def test_idle_timeout_spares_a_slow_reader_still_owed_replies(loop: str, impl: str) -> None:
+    """A connection that sends nothing new but is still owed replies is not idle.
+
+    The client sends a 4 MiB message and then pauses its reading: the server queues what
+    it can of the 8 MiB reply and stops reading, and receives nothing new for two idle
+    timeouts, while replies wait to leave. A sweep that ignored those pending writes
+    would close it with input unread, and the kernel would reset the connection: the
+    client got a little over 1 MiB of the reply, then the reset (on every server here).
+
+    The pause is the server's own clock: a silent connection, opened once the message
+    has left, waits until the sweep closes it (twice: the first one opens while the
+    server may still be reading the message; the second after it has surely stopped).
+    """
+    argv = server_argv(loop, impl, "--idle-timeout", str(SLOW_READER_IDLE_TIMEOUT))
+    with (
+        running_server(argv) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as owed,
+    ):
+        owed.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RECEIVE_BUFFER)
+        owed.settimeout(TIMEOUT)
+        owed.connect(server.address)
+        owed.sendall(OWED_MESSAGE)
+        for _ in range(2):
+            with connect(server.address) as witness:
+                assert_dropped(witness, limit=0)
+        client, peer = owed.getsockname(), owed.getpeername()
+        assert tcp_queues(peer, client)[1] > 0, "the server read the whole message: no test"
+        received = 0
+        try:
+            while data := owed.recv(SLOW_READ_STEP):
+                assert data.count(b"x") == len(data)
+                received += len(data)
+        except ConnectionResetError:
+            raise AssertionError(
+                f"reset after {received} of {2 * len(OWED_MESSAGE)} reply bytes"
+            ) from None
+        # Then, owing nothing, it was idle: the sweep closed it (the end of stream above).
+        assert received == 2 * len(OWED_MESSAGE)
+    assert "Traceback" not in server.stderr_text()
+
+
 def test_open_file_limit_raised_to_the_hard_limit() -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and hard <= LOW_SOFT_LIMIT:

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import TIMEOUT, close_with_reset, echo_server_argv, running_server
+from support import PYTHON, ROOT, TIMEOUT, close_with_reset, echo_server_argv, running_server
 
 from echo20 import loops
 from echo20.servers import IMPLEMENTATIONS
@@ -95,14 +95,22 @@ def test_unknown_and_missing_loops_say_how_to_get_them() -> None:
         loops.loop_factory("tokio")
 
 
-@pytest.mark.skipif(not loops.is_available("veloxloop"), reason="veloxloop is not installed")
-def test_unix_socket_on_veloxloop_is_one_line(tmp_path: Path) -> None:
-    """veloxloop 0.2 has no Unix sockets: the server says so in one line, no traceback."""
-    argv = echo_server_argv("--loop", "veloxloop", "--unix", str(tmp_path / "s"))
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1, result.stderr
-    assert "not supported" in result.stderr
+# Loops of the dev install that have no Unix sockets (rloop 0.5, veloxloop 0.2).
+LOOPS_WITHOUT_UNIX_SOCKETS = ("rloop", "veloxloop")
+
+
+@pytest.mark.parametrize("loop", LOOPS_WITHOUT_UNIX_SOCKETS)
+def test_unix_socket_on_a_loop_without_them_is_one_line(loop: str, tmp_path: Path) -> None:
+    """The server and the client say so in one line each, no traceback."""
+    path = str(tmp_path / "s")
+    for argv in (
+        echo_server_argv("--loop", loop, "--unix", path),
+        [PYTHON, str(ROOT / "echo_client.py"), "--loop", loop, "--unix", path, "-m", "hi"],
+    ):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "not supported" in result.stderr or "no Unix sockets" in result.stderr
 
 
 @pytest.mark.parametrize("loop", loops.available_loops())

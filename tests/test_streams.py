@@ -20,6 +20,7 @@ import pytest
 from support import PYTHON, ROOT, TIMEOUT
 
 from echo20 import server as echo_server
+from echo20.coalescing import WriteBuffer
 from echo20.errors import StreamClosedError
 from echo20.protocol import build_reply
 from echo20.servers import IMPLEMENTATIONS
@@ -93,14 +94,13 @@ async def test_streams_server_answers_a_pipelined_burst_in_one_send(
 ) -> None:
     """200 bytes are ten chunks: ten writes in one loop turn, one transport write."""
     sent: list[int] = []
-    real_flush = CoalescingWriter.flush
+    real_send = CoalescingWriter._send
 
-    def counting_flush(self: CoalescingWriter) -> None:
-        if self._queue:
-            sent.append(self.bytes_written - self._flushed)
-        real_flush(self)
+    def counting_send(self: CoalescingWriter, data: WriteBuffer) -> None:
+        sent.append(len(data))
+        real_send(self, data)
 
-    monkeypatch.setattr(CoalescingWriter, "flush", counting_flush)
+    monkeypatch.setattr(CoalescingWriter, "_send", counting_send)
     async with echo_server_on("streams") as address:
         reader, writer = await asyncio.open_connection(*address)
         message = bytes(range(200))

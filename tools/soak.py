@@ -47,7 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from echo20 import loops  # noqa: E402  (the project's loop table, for the clients' own loop)
+from echo20 import cli, loops  # noqa: E402  (the project's loop table, for the clients' own loop)
+from echo20.servers import DEFAULT_IMPLEMENTATION, IMPLEMENTATIONS  # noqa: E402
 
 HOST = "127.0.0.1"
 CHUNK = 20
@@ -66,7 +67,6 @@ PROGRESS_EVERY = 10.0
 # The reply to a message of N bytes is 2N bytes, whatever the server's batches.
 OVER = b"over"
 
-READY = re.compile(r"^echo20 listening on (?P<host>[\d.]+):(?P<port>\d+) \(loop: (?P<loop>\S+)\)$")
 STOPPED = re.compile(r"stopped: (\d+) connections served, (\d+) bytes in, (\d+) bytes out")
 
 
@@ -105,13 +105,13 @@ class Server:
         reader = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(SERVER_TIMEOUT)
-        match = READY.match(box[0].decode().strip()) if box else None
-        if match is None:
+        ready = cli.parse_ready_line(box[0].decode()) if box else None
+        if ready is None:
             self.process.kill()
             self.process.wait()
             raise SystemExit(f"soak: the server did not start; its log:\n{self.log()}")
-        self.port = int(match["port"])
-        self.loop = match["loop"]
+        self.port = ready.port
+        self.loop = ready.loop
 
     def log(self) -> str:
         return b"".join(self._stderr).decode("utf-8", "replace")
@@ -486,13 +486,13 @@ def throwaway_certificate() -> str:
     return str(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Good and hostile clients against echo_server.py, then a reckoning.",
+        description="Good and hostile clients against echo20-server, then a reckoning.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--seconds", type=float, default=120.0, help="how long the clients run")
-    parser.add_argument("--impl", choices=("streams", "iostream", "protocol"), default="streams")
+    parser.add_argument("--impl", choices=tuple(IMPLEMENTATIONS), default=DEFAULT_IMPLEMENTATION)
     parser.add_argument("--loop", default="auto", help="the server's event loop")
     parser.add_argument("--client-loop", default="auto", help="this script's event loop")
     parser.add_argument("--good", type=int, default=16, help="good clients at a time")
@@ -507,20 +507,27 @@ def main(argv: list[str] | None = None) -> int:
         default=16.0,
         help="how far above its warmed-up size the server's memory may end",
     )
-    args = parser.parse_args(argv)
+    return parser
 
-    server_argv = [
-        sys.executable,
-        str(ROOT / "echo_server.py"),
-        "--host",
-        HOST,
-        "--port",
-        "0",
-        "--impl",
-        args.impl,
-        "--loop",
-        args.loop,
-    ]
+
+@dataclass
+class Reckoning:
+    """What a soak run measured: the clients' tally and the server's state around it."""
+
+    tally: Tally
+    loop: str
+    start_fds: int
+    end_fds: int
+    start_rss: int
+    end_rss: int
+    status: int
+    log: str
+
+
+def soak(args: argparse.Namespace) -> Reckoning:
+    """Start the server, warm it up, run the clients, and measure it before and after."""
+    server_argv = [sys.executable, str(ROOT / "echo_server.py"), "--host", HOST, "--port", "0"]
+    server_argv += ["--impl", args.impl, "--loop", args.loop]
     if args.tls:
         server_argv += ["--certfile", throwaway_certificate()]
     print(f"soak: {' '.join(server_argv[1:])}, {args.seconds:g} s", flush=True)
@@ -546,28 +553,34 @@ def main(argv: list[str] | None = None) -> int:
             end_fds = runner.run(wait_for_fds(server, start_fds))
         # The server hands freed memory back 0.5 s after its last connection ends
         # (echo20.servers.base.MEMORY_RELEASE_DELAY); measure after that.
-        time.sleep(1.0)
+        time.sleep(1.0)  # sleep-ok: a measurement delay, not synchronisation
         end_rss = server.rss_kib()
     finally:
         status = server.stop()
-    log = server.log()
-    tracebacks = log.count("Traceback")
-    stopped = STOPPED.search(log)
+    return Reckoning(
+        tally, server.loop, start_fds, end_fds, start_rss, end_rss, status, server.log()
+    )
 
+
+def report(args: argparse.Namespace, run: Reckoning) -> int:
+    """Print the summary and the verdict; 0 when every check passed."""
+    tally = run.tally
+    tracebacks = run.log.count("Traceback")
+    stopped = STOPPED.search(run.log)
     margin_kib = args.rss_margin_mib * KiB
     checks = {
         "lost bytes": tally.lost_bytes == 0,
         "wrong replies": tally.wrong_replies == 0,
         "good-client failures": not tally.good_failures,
         "tracebacks in the server log": tracebacks == 0,
-        "descriptors back to the start": end_fds == start_fds,
-        "memory back within the margin": end_rss <= start_rss + margin_kib,
-        "server exit status 0 on SIGTERM": status == 0 and stopped is not None,
+        "descriptors back to the start": run.end_fds == run.start_fds,
+        "memory back within the margin": run.end_rss <= run.start_rss + margin_kib,
+        "server exit status 0 on SIGTERM": run.status == 0 and stopped is not None,
     }
     hostile = ", ".join(f"{kind} {count}" for kind, count in sorted(tally.hostile.items()))
     print(
         "\nsoak summary\n"
-        f"  duration          {args.seconds:g} s, server --impl {args.impl} (loop: {server.loop})"
+        f"  duration          {args.seconds:g} s, server --impl {args.impl} (loop: {run.loop})"
         f"{', TLS' if args.tls else ''}\n"
         f"  exchanges         {tally.exchanges} verified in {tally.sessions} good sessions\n"
         f"  bytes verified    {tally.bytes_verified} ({tally.bytes_verified / MiB:.1f} MiB)\n"
@@ -577,16 +590,22 @@ def main(argv: list[str] | None = None) -> int:
         f"  hostile errors    {dict(tally.hostile_errors) or 'none'} (expected: the server may"
         " drop them first)\n"
         f"  tracebacks        {tracebacks}\n"
-        f"  server memory     {start_rss / KiB:.1f} MiB after warm-up, "
-        f"{end_rss / KiB:.1f} MiB at the end (margin {args.rss_margin_mib:g} MiB)\n"
-        f"  server fds        {start_fds} after warm-up, {end_fds} at the end\n"
-        f"  server exit       status {status}; {stopped.group(0) if stopped else 'no summary line'}"
+        f"  server memory     {run.start_rss / KiB:.1f} MiB after warm-up, "
+        f"{run.end_rss / KiB:.1f} MiB at the end (margin {args.rss_margin_mib:g} MiB)\n"
+        f"  server fds        {run.start_fds} after warm-up, {run.end_fds} at the end\n"
+        f"  server exit       status {run.status}; "
+        f"{stopped.group(0) if stopped else 'no summary line'}"
     )
     for failure in tally.good_failures[:20]:
         print(f"  failure: {failure}")
     failed = [name for name, ok in checks.items() if not ok]
     print(f"\nsoak: {'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'}")
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return report(args, soak(args))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 from subprocess import PIPE
 
 from echo20 import cli, loops
-from echo20.bench.processes import READY_LINE, read_line, read_status_kib
+from echo20.bench.processes import read_line, read_status_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         assert server.stdout is not None
         try:
-            ready = READY_LINE.match(read_line(server.stdout, time.monotonic() + START_TIMEOUT))
+            ready = cli.parse_ready_line(read_line(server.stdout, time.monotonic() + START_TIMEOUT))
         except TimeoutError:
             ready = None
         if ready is None:
             cli.error_line("unread_push", "the server did not start (see its stderr above)")
             return 1
-        address = (ready["host"] or ready["host6"], int(ready["port"]))
+        address = (ready.host, ready.port)
         resting = resident_mib(server.pid)
         sent, stalled = push_unread(address, args.seconds)
         grown = resident_mib(server.pid)

@@ -6,6 +6,7 @@
  *
  *     c_loadgen --port P --connections 16 --size 200 --warmup 1 --duration 3 \
  *               --server-pid PID [--cpu 1] [--rate 20000] [--samples FILE]
+ *     c_loadgen --unix PATH ...       (a server on a Unix socket)
  *
  * Closed loop (the default): one message in flight per connection; the next is sent
  * when the whole reply to the last is in. Latency: first byte sent to last reply byte
@@ -29,7 +30,8 @@
  * stime, in clock ticks, and the scheduler's run time of each of its threads,
  * /proc/PID/task/TID/schedstat, in nanoseconds: the same time, without the 10 ms
  * granularity), this program's CPU time, and every CPU's busy time (/proc/stat) so the
- * caller can tell when something else shared a core. --samples FILE writes every
+ * caller can tell when something else shared a core (and how much of each the hypervisor
+ * stole, for a virtual machine). --samples FILE writes every
  * measured latency (nanoseconds, sorted, native 64-bit integers) for the caller's
  * histograms; --service-samples FILE, in the open loop, the same from the time each
  * message was actually sent.
@@ -47,6 +49,12 @@
  * "ready N", waits for a line (or end of file) on stdin, checks that no connection was
  * closed meanwhile, closes them all and prints its report.
  *
+ * Built with -DECHO20_TLS (and -lssl -lcrypto: OpenSSL), --tls-ca CA.pem speaks TLS:
+ * each connection's handshake (the server's certificate checked against CA.pem for the
+ * name --tls-name, default localhost) is part of the ramp, then the messages go through
+ * SSL_write and the replies through SSL_read, every record waiting read in one go.
+ * The report names the version and cipher negotiated.
+ *
  * The report is one line of JSON on stdout. Exit status 0 unless the arguments are bad
  * or a system call failed.
  */
@@ -60,6 +68,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -70,6 +79,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
+#include <sys/un.h>
+#include "c_tls.h"
 #include <time.h>
 #include <unistd.h>
 
@@ -91,7 +102,7 @@
 /* The timer's event tag, beyond every connection index. */
 #define TIMER_TAG UINT32_MAX
 
-enum state { CONNECTING, ACTIVE, IDLE, DEAD };
+enum state { CONNECTING, HANDSHAKING, ACTIVE, IDLE, DEAD };
 
 struct msg {
     uint64_t start;      /* offset of its first byte in the connection's byte stream */
@@ -116,6 +127,9 @@ struct conn {
     unsigned char last_byte; /* the last byte of the last message queued */
     unsigned char left[2 * CHUNK_SIZE];
     unsigned nleft; /* reply bytes received but not yet a whole chunk */
+#ifdef ECHO20_TLS
+    SSL *ssl;
+#endif
 };
 
 struct snapshot {
@@ -124,7 +138,7 @@ struct snapshot {
     long long server_ns;    /* -1: unknown */
     uint64_t self_cpu_us;
     int ncpus;
-    unsigned long long busy[MAX_CPUS], total[MAX_CPUS];
+    unsigned long long busy[MAX_CPUS], total[MAX_CPUS], steal[MAX_CPUS];
 };
 
 struct samples {
@@ -133,13 +147,15 @@ struct samples {
 };
 
 static struct {
-    const char *host;
+    const char *host, *unix_path;
     int port, connections, server_pid, cpu, idle;
     size_t size;
     double warmup, duration, ramp_timeout, rate;
     unsigned seed;
     const char *samples_path, *service_path;
-} opt = {"127.0.0.1", 0, 1, -1, -1, 0, 8, 1.0, 3.0, 60.0, 0.0, 1, NULL, NULL};
+    const char *tls_ca, *tls_name;
+} opt = {"127.0.0.1", NULL, 0, 1, -1, -1, 0, 8, 1.0, 3.0, 60.0, 0.0, 1, NULL, NULL, NULL,
+         "localhost"};
 
 static struct sockaddr_storage addr;
 static socklen_t addrlen;
@@ -278,6 +294,7 @@ static void read_cpu_stat(struct snapshot *s) {
          * there, charged to whichever CPU sent them; it is not someone else's load. */
         s->busy[cpu] = v[0] + v[1] + v[2] + v[5] + v[7];
         s->total[cpu] = s->busy[cpu] + v[3] + v[4] + v[6];
+        s->steal[cpu] = v[7]; /* time the hypervisor gave this virtual CPU to others */
         if (cpu + 1 > s->ncpus) s->ncpus = cpu + 1;
     }
     fclose(f);
@@ -353,7 +370,39 @@ static void set_out_interest(struct conn *c, int index, int want) {
     c->want_out = want;
 }
 
+/* --- TLS, or not: recv() and send() for a connection ------------------------------ */
+
+#ifdef ECHO20_TLS
+static SSL_CTX *tls_ctx; /* NULL: plain TCP */
+#endif
+static char tls_version[128]; /* what the first connection negotiated */
+
+static const char *error_text(int err) {
+#ifdef ECHO20_TLS
+    if (err == EPROTO && tls_error[0]) return tls_error;
+#endif
+    return strerror(err);
+}
+
+static ssize_t io_recv(struct conn *c, unsigned char *buf, size_t len) {
+#ifdef ECHO20_TLS
+    if (c->ssl != NULL) return tls_recv(c->ssl, buf, len);
+#endif
+    return recv(c->fd, buf, len, 0);
+}
+
+static ssize_t io_send(struct conn *c, const unsigned char *buf, size_t len) {
+#ifdef ECHO20_TLS
+    if (c->ssl != NULL) return tls_send(c->ssl, buf, len);
+#endif
+    return send(c->fd, buf, len, MSG_NOSIGNAL);
+}
+
 static void drop(struct conn *c) {
+#ifdef ECHO20_TLS
+    if (c->ssl != NULL) SSL_free(c->ssl);
+    c->ssl = NULL;
+#endif
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     c->state = DEAD;
@@ -363,8 +412,7 @@ static void pump_send(struct conn *c, int index) {
     while (c->unsent > 0) {
         struct msg *m = queue_at(c, c->len - c->unsent);
         if (c->send_pos == 0 && m->sent == 0) m->sent = now_ns();
-        ssize_t n = send(c->fd, pattern + m->off + c->send_pos, opt.size - c->send_pos,
-                         MSG_NOSIGNAL);
+        ssize_t n = io_send(c, pattern + m->off + c->send_pos, opt.size - c->send_pos);
         if (n > 0) {
             c->send_pos += (size_t)n;
             c->stream_sent += (uint64_t)n;
@@ -378,7 +426,7 @@ static void pump_send(struct conn *c, int index) {
             set_out_interest(c, index, 1); /* replies are read meanwhile: no deadlock */
             return;
         } else {
-            record_error(index, "send: %s", n < 0 ? strerror(errno) : "no progress");
+            record_error(index, "send: %s", n < 0 ? error_text(errno) : "no progress");
             drop(c);
             return;
         }
@@ -436,40 +484,70 @@ static void queue_due(struct conn *c, int index) {
     }
 }
 
-/* Returns 1 when this event completed the connection's first round trip. */
-static int on_event(int index, uint32_t events) {
-    struct conn *c = &conns[index];
-    if (c->state == DEAD) return 0;
-    if (c->state == CONNECTING) {
-        int err = 0;
-        socklen_t len = sizeof err;
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err != 0) {
-            record_error(index, "connect: %s", strerror(err));
-            drop(c);
-            return 0;
-        }
-        if (!(events & EPOLLOUT)) return 0;
-        c->state = ACTIVE;
-        queue_message(c, index, 0);
-        pump_send(c, index);
-        return 0;
+/* The connection is up (and its TLS handshake done): the first message goes. */
+static void start_sending(struct conn *c, int index) {
+    c->state = ACTIVE;
+    queue_message(c, index, 0);
+    pump_send(c, index);
+}
+
+/* One step of the TLS handshake, on whatever event the last step waited for. */
+static void handshake(struct conn *c, int index) {
+#ifdef ECHO20_TLS
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        if (tls_version[0] == '\0')
+            snprintf(tls_version, sizeof tls_version, "%s %s", SSL_get_version(c->ssl),
+                     SSL_get_cipher_name(c->ssl));
+        start_sending(c, index);
+        return;
     }
-    if ((events & EPOLLOUT) && c->unsent > 0) {
-        pump_send(c, index);
-        if (c->state == DEAD) return 0;
+    errno = 0;
+    if (tls_result(c->ssl, r) < 0 && errno == EAGAIN) {
+        set_out_interest(c, index, SSL_get_error(c->ssl, r) == SSL_ERROR_WANT_WRITE);
+        return;
     }
-    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return 0;
+    record_error(index, "TLS handshake: %s",
+                 errno == EPROTO ? tls_error : errno ? strerror(errno) : "end of stream");
+    drop(c);
+#else
+    (void)c;
+    (void)index;
+#endif
+}
+
+/* The connect finished: TLS begins, or the messages. */
+static void connected(struct conn *c, int index) {
+#ifdef ECHO20_TLS
+    if (tls_ctx != NULL) {
+        c->ssl = SSL_new(tls_ctx);
+        if (c->ssl == NULL || !SSL_set_fd(c->ssl, c->fd) ||
+            !SSL_set_tlsext_host_name(c->ssl, opt.tls_name) ||
+            !SSL_set1_host(c->ssl, opt.tls_name))
+            die("SSL_new");
+        SSL_set_connect_state(c->ssl);
+        c->state = HANDSHAKING;
+        handshake(c, index);
+        return;
+    }
+#endif
+    start_sending(c, index);
+}
+
+/* One read of replies, checked; then the next message if one is owed. Returns -1 when
+ * nothing more can be read now (or the connection was dropped), else 1 when this read
+ * completed the connection's first round trip, 0 when not. */
+static int read_replies(struct conn *c, int index) {
     memcpy(readbuf, c->left, c->nleft);
-    ssize_t n = recv(c->fd, readbuf + c->nleft, READ_SIZE, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
+    ssize_t n = io_recv(c, readbuf + c->nleft, READ_SIZE);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return -1;
     if (n <= 0) {
         record_error(index, "server closed the connection with %" PRIu64 " of %" PRIu64
                      " bytes sent unanswered (%s)",
                      c->stream_sent - c->stream_checked, c->stream_sent,
-                     n == 0 ? "end of stream" : strerror(errno));
+                     n == 0 ? "end of stream" : error_text(errno));
         drop(c);
-        return 0;
+        return -1;
     }
     uint64_t done = now_ns();
     size_t avail = c->nleft + (size_t)n, pos = 0;
@@ -482,7 +560,7 @@ static int on_event(int index, uint32_t events) {
                          "the %zu-byte messages sent, each followed by its reversal",
                          2 * c->stream_checked + 1, opt.size);
             drop(c);
-            return 0;
+            return -1;
         }
         pos += 2 * (size_t)k;
         c->stream_checked += (uint64_t)k;
@@ -508,12 +586,52 @@ static int on_event(int index, uint32_t events) {
     return first;
 }
 
+/* Returns 1 when this event completed the connection's first round trip. */
+static int on_event(int index, uint32_t events) {
+    struct conn *c = &conns[index];
+    if (c->state == DEAD) return 0;
+    if (c->state == CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err != 0) {
+            record_error(index, "connect: %s", strerror(err));
+            drop(c);
+            return 0;
+        }
+        if (events & EPOLLOUT) connected(c, index);
+        return 0;
+    }
+    if (c->state == HANDSHAKING) {
+        handshake(c, index);
+        return 0;
+    }
+    if ((events & EPOLLOUT) && c->unsent > 0) {
+        pump_send(c, index);
+        if (c->state == DEAD) return 0;
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR))) return 0;
+    /* Plain TCP: one recv() per event, as the servers do. TLS: every record waiting,
+     * since OpenSSL may hold decrypted bytes that epoll cannot see. */
+    int first = 0;
+    for (;;) {
+        int r = read_replies(c, index);
+        if (r < 0) break;
+        first |= r;
+#ifdef ECHO20_TLS
+        if (c->ssl != NULL && c->state != DEAD) continue;
+#endif
+        break;
+    }
+    return first;
+}
+
 static void open_conn(int index) {
     struct conn *c = &conns[index];
     c->fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) die("socket");
     int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt.unix_path == NULL) setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->queue = calloc(queue_cap, sizeof *c->queue);
     if (c->queue == NULL) die("calloc");
     c->state = CONNECTING;
@@ -555,10 +673,12 @@ static void arm_timer(uint64_t at) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: c_loadgen --port P [--host 127.0.0.1] [--connections 1] [--size 8]\n"
+            "usage: c_loadgen (--port P [--host 127.0.0.1] | --unix PATH) [--connections 1]\n"
+            "                 [--size 8]\n"
             "                 [--warmup 1] [--duration 3] [--server-pid PID] [--cpu N]\n"
             "                 [--ramp-timeout 60] [--seed 1] [--rate R] [--samples FILE]\n"
-            "                 [--service-samples FILE] [--idle]\n");
+            "                 [--service-samples FILE] [--idle]\n"
+            "                 [--tls-ca CA.pem [--tls-name localhost]]\n");
     exit(2);
 }
 
@@ -614,7 +734,12 @@ static void print_report(const struct snapshot *a, const struct snapshot *b, int
     for (int i = 0; i < ncpus; i++) printf("%s%llu", i ? ", " : "", b->busy[i] - a->busy[i]);
     printf("], \"cpu_total_ticks\": [");
     for (int i = 0; i < ncpus; i++) printf("%s%llu", i ? ", " : "", b->total[i] - a->total[i]);
+    printf("], \"cpu_steal_ticks\": [");
+    for (int i = 0; i < ncpus; i++) printf("%s%llu", i ? ", " : "", b->steal[i] - a->steal[i]);
     printf("], \"ramp_timed_out\": %s", ramp_timed_out ? "true" : "false");
+    for (char *p = tls_version; *p; p++) /* keep the JSON string simple */
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) *p = '\'';
+    printf(", \"tls\": \"%s\"", tls_version);
     printf(", \"errors\": %" PRIu64 ", \"first_error\": \"%s\"}\n", errors, first_error);
     fflush(stdout);
 }
@@ -630,6 +755,7 @@ int main(int argc, char **argv) {
         if (v == NULL) usage();
         i++;
         if (strcmp(a, "--host") == 0) opt.host = v;
+        else if (strcmp(a, "--unix") == 0) opt.unix_path = v;
         else if (strcmp(a, "--port") == 0) opt.port = (int)parse_long(v, 1, 65535);
         else if (strcmp(a, "--connections") == 0) opt.connections = (int)parse_long(v, 1, 1000000);
         else if (strcmp(a, "--size") == 0) opt.size = (size_t)parse_long(v, 1, 1L << 30);
@@ -642,10 +768,31 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--seed") == 0) opt.seed = (unsigned)parse_long(v, 0, 1L << 30);
         else if (strcmp(a, "--samples") == 0) opt.samples_path = v;
         else if (strcmp(a, "--service-samples") == 0) opt.service_path = v;
+        else if (strcmp(a, "--tls-ca") == 0) opt.tls_ca = v;
+        else if (strcmp(a, "--tls-name") == 0) opt.tls_name = v;
         else usage();
     }
-    if (opt.port == 0) usage();
+    if (opt.port == 0 && opt.unix_path == NULL) usage();
+    /* OpenSSL writes with write(), not send(MSG_NOSIGNAL): a peer gone mid-write must
+     * be an error to handle, not a signal that kills the program. */
+    signal(SIGPIPE, SIG_IGN);
     queue_cap = opt.rate > 0 ? MAX_QUEUE : 1;
+    if (opt.tls_ca != NULL) {
+#ifdef ECHO20_TLS
+        tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (tls_ctx == NULL || SSL_CTX_load_verify_locations(tls_ctx, opt.tls_ca, NULL) != 1) {
+            fprintf(stderr, "c_loadgen: cannot load %s\n", opt.tls_ca);
+            return 2;
+        }
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+        /* Writes may end inside a message, retried from where they stopped. */
+        SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                      SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+#else
+        fprintf(stderr, "c_loadgen: built without TLS (-DECHO20_TLS, OpenSSL)\n");
+        return 2;
+#endif
+    }
 
     if (opt.cpu >= 0) {
         cpu_set_t set;
@@ -664,7 +811,16 @@ int main(int argc, char **argv) {
     memset(&addr, 0, sizeof addr);
     struct sockaddr_in *a4 = (struct sockaddr_in *)&addr;
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&addr;
-    if (inet_pton(AF_INET, opt.host, &a4->sin_addr) == 1) {
+    struct sockaddr_un *au = (struct sockaddr_un *)&addr;
+    if (opt.unix_path != NULL) {
+        if (strlen(opt.unix_path) >= sizeof au->sun_path) {
+            fprintf(stderr, "c_loadgen: Unix socket path too long: %s\n", opt.unix_path);
+            return 2;
+        }
+        au->sun_family = AF_UNIX;
+        strcpy(au->sun_path, opt.unix_path);
+        addrlen = sizeof *au;
+    } else if (inet_pton(AF_INET, opt.host, &a4->sin_addr) == 1) {
         a4->sin_family = AF_INET;
         a4->sin_port = htons((unsigned short)opt.port);
         addrlen = sizeof *a4;

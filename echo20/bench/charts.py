@@ -39,11 +39,16 @@ def pyplot() -> Any | None:
     return plt
 
 
-def order(target: Target) -> tuple[int, int, str]:
+def target_index(name: str) -> int:
+    """The place of a target in TARGETS; --server-cmd ones come after every built-in."""
+    return TARGETS.index(name) if name in TARGETS else len(TARGETS)
+
+
+def order(target: Target) -> tuple[int, str, int, str]:
     """Targets in the order of TARGETS, then of the loop table."""
     names = list(loops.LOOP_NAMES)
     loop = names.index(target.loop) if target.loop in names else -1
-    return (TARGETS.index(target.name), loop, target.loop)
+    return (target_index(target.name), target.name, loop, target.loop)
 
 
 def style(label_target: str, loop: str, plt: Any) -> dict[str, Any]:
@@ -52,7 +57,7 @@ def style(label_target: str, loop: str, plt: Any) -> dict[str, Any]:
         return {"color": "black", "alpha": 1.0}
     order = list(loops.LOOP_NAMES)
     shade = order.index(loop) if loop in order else 0
-    hue = plt.get_cmap("tab10")(TARGETS.index(label_target) % 10)
+    hue = plt.get_cmap("tab10")(target_index(label_target) % 10)
     return {"color": hue, "alpha": max(0.3, 1.0 - 0.13 * shade)}
 
 

@@ -6,6 +6,7 @@ Run it::
     echo20-bench run --targets c,protocol --loops uvloop --connections 16 --sizes 200
     echo20-bench run --targets protocol --rate 50%    # open loop at half its capacity
     echo20-bench run --targets c,protocol --rates 20%,50%,80%   # latency against load
+    echo20-bench run --server-cmd "python my_server.py --port {port}"   # any echo20 server
     echo20-bench compare old/bench.json new/bench.json
     echo20-bench idle --connections 10000             # RSS per idle connection
     echo20-bench cold-start                           # a fresh server against a warm one
@@ -14,8 +15,10 @@ Run it::
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
+from typing import TypeAlias
 
 from echo20 import cli, loops
 from echo20.bench.budgets import parse_budget
@@ -23,7 +26,8 @@ from echo20.bench.compare import command_compare
 from echo20.bench.matrix import command_run
 from echo20.bench.measure import RAMP_TIMEOUT
 from echo20.bench.memory import command_cold_start, command_idle
-from echo20.bench.servers import command_serve_floor
+from echo20.bench.processes import READY_TIMEOUT
+from echo20.bench.servers import command_serve_floor, command_serve_sockets
 from echo20.bench.targets import DEFAULT_TARGETS, TARGETS
 from echo20.bench.units import (
     byte_count,
@@ -50,14 +54,50 @@ def loopback_host(text: str) -> str:
     return text
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type for seconds that may be 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def server_command(text: str) -> str:
+    """argparse type for ``--server-cmd``: a command line with ``{port}`` in it."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"cannot split {text!r}: {error}") from None
+    if not argv:
+        raise argparse.ArgumentTypeError("the command is empty")
+    return text
+
+
+def check_server_commands(args: argparse.Namespace) -> None:
+    """Each --server-cmd has the placeholders the run fills in, or exit 2 in one line:
+    ``{port}`` on TCP, ``{path}`` with --unix, ``{certfile}`` with --tls."""
+    needed = [("{path}", "its Unix socket's path") if args.unix else ("{port}", "its port")]
+    if args.tls:
+        needed.append(("{certfile}", "its certificate (key and chain; {keyfile}: the key)"))
+    for command in args.server_cmds or []:
+        for placeholder, what in needed:
+            if placeholder not in command:
+                args.run_parser.error(
+                    f"--server-cmd: put {placeholder} where the server takes {what}: {command!r}"
+                )
+
+
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """``--targets`` and ``--loops``."""
     available = loops.available_loops()
     parser.add_argument(
         "--targets",
         type=name_list(TARGETS),
-        default=",".join(DEFAULT_TARGETS),
-        help="comma-separated targets; each runs on each of --loops (c on epoll only)",
+        help="comma-separated targets; each runs on each of --loops (c on epoll only) "
+        f"(default: {','.join(DEFAULT_TARGETS)}; with --server-cmd: c)",
     )
     parser.add_argument(
         "--loops",
@@ -143,16 +183,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(
-        prog=PROGRAM,
-        description=(
-            "Benchmark every echo20 server on every event loop against a C epoll "
-            "reference, with a C load generator (closed or open loop, every reply verified)."
-        ),
-        formatter_class=cli.HelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# What add_subparsers returns; argparse gives the type no public name (and it is
+# generic only to the type checker).
+Subcommands: TypeAlias = "argparse._SubParsersAction[cli.ArgumentParser]"
+
+
+def add_run_command(commands: Subcommands) -> None:
+    """``run``: the matrix, closed or open loop, and its flags."""
     run = commands.add_parser(
         "run",
         help="the matrix: throughput, latency percentiles, CPU per round trip, RSS",
@@ -165,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_matrix_arguments(
         run, connections="1,16,256", sizes="8,200,16384", warmup=0.5, duration=2.0, repeats=3
     )
+    # For the checks that span several of run's flags, in run's own words.
+    run.set_defaults(run_parser=run)
     open_loop = run.add_mutually_exclusive_group()
     open_loop.add_argument(
         "--rate",
@@ -180,6 +219,51 @@ def build_parser() -> argparse.ArgumentParser:
         "against throughput, drawn in sweep.png",
     )
     run.add_argument(
+        "--server-cmd",
+        dest="server_cmds",
+        action="append",
+        type=server_command,
+        metavar="CMD",
+        help="also benchmark this echo20 server, repeatable: {port} in CMD becomes a free "
+        "port ({host} the --host; with --unix, {path} a socket's path); ready once it "
+        "accepts connections, every reply verified; labelled server-cmd, server-cmd-2, ...",
+    )
+    run.add_argument(
+        "--unix",
+        action="store_true",
+        help="every target over a Unix socket (the C server and load generator too); a "
+        "loop that cannot listen on one gets a row that says so",
+    )
+    run.add_argument(
+        "--ready-timeout",
+        type=cli.positive_float,
+        default=READY_TIMEOUT,
+        help="seconds each server gets to listen (its ready line; for --server-cmd, its "
+        "port accepting connections)",
+    )
+    run.add_argument(
+        "--tls",
+        action="store_true",
+        help="every target over TLS with a certificate made for the run (the C server and "
+        "load generator through OpenSSL, found when they are compiled); a loop without "
+        "TLS of its own gets a floor row that says so",
+    )
+    run.add_argument(
+        "--strict",
+        action="store_true",
+        help="write no report if any cell was not measured on a quiet machine (other "
+        "processes busy, CPU steal, a high load average, a saturated load generator): "
+        "stop at the first such cell with one line, exit 1",
+    )
+    run.add_argument(
+        "--wait-quiet",
+        type=non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each cell, wait up to this long for other processes to stop using "
+        "the CPUs (0: only look, and note who was busy)",
+    )
+    run.add_argument(
         "--budget",
         dest="budgets",
         action="append",
@@ -188,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a limit to check, repeatable: LABEL@CONNSxSIZE[:cpu|p50|p99|mib](<=|>=)RATIO "
         "to the C server, e.g. protocol-uvloop@16x200<=1.3; one not met exits 1",
     )
+
+
+def add_compare_command(commands: Subcommands) -> None:
+    """``compare OLD NEW``: two reports cell by cell."""
     compare = commands.add_parser(
         "compare",
         help="NEW / OLD per cell, and whether it lies outside the repeats' spread",
@@ -199,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("old", type=Path, help="the earlier bench.json")
     compare.add_argument("new", type=Path, help="the later bench.json")
+
+
+def add_idle_command(commands: Subcommands) -> None:
+    """``idle``: RSS per idle connection."""
     idle = commands.add_parser(
         "idle",
         help="RSS per idle connection",
@@ -219,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to get every connection answered",
     )
     add_common_arguments(idle)
+
+
+def add_cold_start_command(commands: Subcommands) -> None:
+    """``cold-start``: a fresh server against a warmed one."""
     cold = commands.add_parser(
         "cold-start",
         help="a fresh server's CPU per round trip against one that has served a client",
@@ -226,14 +322,54 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=cli.HelpFormatter,
     )
     add_matrix_arguments(cold, connections="16", sizes="200", warmup=0.5, duration=2.0, repeats=3)
+
+
+def add_server_commands(commands: Subcommands) -> None:
+    """``serve-floor`` and ``serve-sockets``: the bench-only servers on their own."""
     floor = commands.add_parser(
         "serve-floor",
         help="run the floor target (a bare protocol, nothing else)",
         description="The least a Python server can do per batch on the chosen loop.",
         formatter_class=cli.HelpFormatter,
     )
-    cli.add_connection_arguments(floor)
-    cli.add_logging_arguments(floor)
+    sockets = commands.add_parser(
+        "serve-sockets",
+        help="run the sockets target (loop.sock_recv and loop.sock_sendall, no transports)",
+        description=(
+            "The echo20 server on the loop's socket calls (sock_accept, sock_recv, "
+            "sock_sendall), a task per connection: vmbench's third shape."
+        ),
+        formatter_class=cli.HelpFormatter,
+    )
+    for server in (floor, sockets):
+        # Its errors in its own words: "echo20-bench serve-floor: ...".
+        server.set_defaults(server_parser=server)
+        cli.add_connection_arguments(server)
+        server.add_argument(
+            "--unix", metavar="PATH", help="listen on this Unix socket instead of --host/--port"
+        )
+        server.add_argument("--certfile", help="serve TLS with this certificate chain (PEM)")
+        server.add_argument(
+            "--keyfile", help="the certificate's private key (PEM; default: in certfile)"
+        )
+        cli.add_logging_arguments(server)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(
+        prog=PROGRAM,
+        description=(
+            "Benchmark every echo20 server on every event loop against a C epoll "
+            "reference, with a C load generator (closed or open loop, every reply verified)."
+        ),
+        formatter_class=cli.HelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_run_command(commands)
+    add_compare_command(commands)
+    add_idle_command(commands)
+    add_cold_start_command(commands)
+    add_server_commands(commands)
     return parser
 
 
@@ -242,9 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.command == "run":
+        check_server_commands(args)
     if args.command == "serve-floor":
-        return command_serve_floor(args, parser)
+        return command_serve_floor(args, args.server_parser)
+    if args.command == "serve-sockets":
+        return command_serve_sockets(args, args.server_parser)
     if cli.missing_extra(PROGRAM, "bench", ["rich", "hdrh"]):  # hdrh: hdrhistogram's module
+        return 1
+    if getattr(args, "tls", False) and cli.missing_extra(PROGRAM, "bench", ["trustme"]):
         return 1
     handlers = {
         "run": command_run,

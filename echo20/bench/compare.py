@@ -135,6 +135,11 @@ def environment_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                   "echo20"):  # fmt: skip
         if before.get(field) != after.get(field):
             changes.append(f"{field}: {before.get(field)} -> {after.get(field)}")
+    # Runs from before --unix and --tls were over TCP.
+    if before.get("transport", "TCP") != after.get("transport", "TCP"):
+        changes.append(
+            f"transport: {before.get('transport', 'TCP')} -> {after.get('transport', 'TCP')}"
+        )
     return changes
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,13 +15,15 @@ from typing import Any, NamedTuple
 from echo20 import runtime
 from echo20.bench import budgets as budget_checks
 from echo20.bench import charts, report
-from echo20.bench.environment import environment, load_average, loadgen_share
-from echo20.bench.measure import Load, Run, measure
+from echo20.bench.certs import make_tls_files
+from echo20.bench.environment import environment, load_average, loadgen_share, tls_negotiated
+from echo20.bench.measure import CONTENDED_PCT, NOISE_FLAGS, Load, Run, measure
 from echo20.bench.processes import Pinning, Server, choose_cpus, servers_running
 from echo20.bench.stats import Cell, add_ratios
-from echo20.bench.targets import Target, expand_targets
+from echo20.bench.targets import DEFAULT_TARGETS, Target, Wire, command_targets, expand_targets
 from echo20.bench.tools import Tools, build_tools
 from echo20.bench.units import format_size
+from echo20.errors import BenchError
 
 __all__ = ["command_run", "progress_bar"]
 
@@ -54,7 +58,9 @@ def progress_bar(total: int) -> Iterator[Status]:
         TimeRemainingColumn,
     )
 
+    console = Console(stderr=True)
     # Two refreshes a second: the bar's thread must not compete with what it measures.
+    # Only on a terminal: piped, stderr keeps the run's one-line messages alone.
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -62,7 +68,8 @@ def progress_bar(total: int) -> Iterator[Status]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         refresh_per_second=2,
-        console=Console(stderr=True),
+        console=console,
+        disable=not console.is_terminal,
     ) as progress:
         task = progress.add_task("starting servers", total=total)
         yield Status(partial(progress.update, task))
@@ -94,72 +101,102 @@ class Setup(NamedTuple):
     pinning: Pinning
     targets: list[Target]
     skipped: list[str]
+    unsupported: dict[Target, str]
     env: dict[str, Any]
 
 
-def prepare(args: argparse.Namespace) -> Setup:
+def prepare(args: argparse.Namespace, wire: Wire | None = None) -> Setup:
     """The output folder, the compiled C programs, the CPUs, the targets (and those that
     cannot run, with why) and the environment, from a command's arguments."""
+    wire = wire or Wire(args.host)
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     runtime.raise_open_file_limit()
-    tools = build_tools(out_dir / "build")
+    tools = build_tools(out_dir / "build", tls=wire.tls is not None)
     pinning = choose_cpus(args.pin)
-    targets, skipped = expand_targets(args.targets, args.loops)
-    return Setup(out_dir, tools, pinning, targets, skipped, environment(args.loops, pinning.note))
+    commands = command_targets(getattr(args, "server_cmds", None) or [])
+    names = args.targets
+    if names is None:
+        # A --server-cmd run compares the user's server with the C reference alone.
+        names = ["c"] if commands else list(DEFAULT_TARGETS)
+    targets, skipped, unsupported = expand_targets(names, args.loops, wire)
+    # The user's servers right after the C reference, before every other target.
+    cut = 1 if targets and targets[0].name == "c" else 0
+    targets[cut:cut] = commands
+    env = environment(args.loops, pinning.note)
+    env["transport"] = wire.describe()
+    return Setup(out_dir, tools, pinning, targets, skipped, unsupported, env)
 
 
 def command_run(args: argparse.Namespace) -> int:
     """The matrix: every target at every (connections, size), ``repeats`` times."""
-    out_dir, tools, pinning, targets, skipped, env = prepare(args)
+    if not (args.unix or args.tls):
+        return run_matrix(args, Wire(args.host))
+    # The sockets and the certificates in a directory of our own, gone after the run (a
+    # short path: a Unix socket's must fit in 108 bytes).
+    with tempfile.TemporaryDirectory(prefix="echo20-bench-") as scratch:
+        tls = make_tls_files(Path(scratch)) if args.tls else None
+        return run_matrix(args, Wire(args.host, Path(scratch) if args.unix else None, tls))
+
+
+def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
+    out_dir, tools, pinning, targets, skipped, unsupported, env = prepare(args, wire)
     rates: list[str] = args.rates or ([args.rate] if args.rate else [])
     closed_too = not rates or any(rate.endswith("%") for rate in rates)
     points, left_out = matrix_points(args.connections, args.sizes, args.max_inflight)
     modes: list[str | None] = ([None] if closed_too else []) + list(rates)
     cells = {
-        (target, point, rate): Cell(target, *point, rate=rate)
+        (target, point, rate): Cell(target, *point, rate=rate, unsupported=unsupported.get(target))
         for point in points
         for target in targets
         for rate in modes
     }
+    running = [target for target in targets if target not in unsupported]
+    measured = sum(cell.unsupported is None for cell in cells.values())
     failures: dict[Target, str] = {}
     exit_statuses: dict[Target, int] = {}
     with (
-        progress_bar(len(targets) + len(cells) * args.repeats) as status,
+        progress_bar(len(running) + measured * args.repeats) as status,
         servers_running(
-            targets,
+            running,
             tools=tools,
-            host=args.host,
+            wire=wire,
             log_dir=out_dir / "logs",
             cpu=pinning.server_cpu,
             failures=failures,
             exit_statuses=exit_statuses,
+            ready_timeout=args.ready_timeout,
         ) as servers,
     ):
-        for target in targets:
+        for target in running:
             status.done(f"started {target.label}")
         # Targets inside the innermost loop: every target meets the machine's noise of
         # the same minute, so the ratios of one cell compare like with like.
         for repeat in range(args.repeats):
             for point in points:
-                for target in targets:
-                    run_point(
+                for target in running:
+                    runs = run_point(
                         args, cells, target, point, modes, servers.get(target),
                         failures.get(target), tools=tools, pinning=pinning, status=status,
                         repeat=repeat,
                     )  # fmt: skip
+                    if args.strict:
+                        refuse_noise(target, point, modes, runs)
     env["loadavg_end"] = load_average()
     ordered = list(cells.values())
     for cell in ordered:
         cell.summarize()
     add_ratios(ordered)
     env["loadgen_cpu"] = loadgen_share([cell.summary for cell in ordered])
+    if wire.tls is not None:
+        env["tls"] = tls_negotiated([cell.summary for cell in ordered])
     budgets = budget_checks.evaluate(args.budgets or [], ordered)
-    problems = list(skipped) + [f"{t.label}: did not start: {why}" for t, why in failures.items()]
+    problems = list(skipped) + [f"{t.label}: {why}" for t, why in failures.items()]
     problems += [
         f"{t.label}: exit status {code} after SIGTERM (expected 0)"
         for t, code in exit_statuses.items()
-        if code != 0
+        # A --server-cmd server may well leave SIGTERM's default action (death) alone.
+        if code != 0 and not (t.command and code == -signal.SIGTERM)
     ]
     command = shlex.join([PROGRAM, *args.argv])
     settings = {
@@ -175,6 +212,9 @@ def command_run(args: argparse.Namespace) -> int:
         "points_left_out": [f"{c} × {format_size(size)}" for c, size in left_out],
         "repeats": args.repeats,
         "host": args.host,
+        "transport": wire.describe(),
+        "strict": args.strict,
+        "wait_quiet_s": args.wait_quiet,
     }
     report.print_run(env, ordered, budgets, problems)
     written = write_reports(out_dir, env, settings, ordered, budgets, problems)
@@ -200,28 +240,72 @@ def run_point(
     pinning: Pinning,
     status: Status,
     repeat: int,
-) -> None:
-    """One repeat of one target at one point: the closed loop, then every rate."""
+) -> list[Run]:
+    """One repeat of one target at one point: the closed loop, then every rate; the runs."""
     closed: Run | None = None
+    runs: list[Run] = []
     for rate in modes:
         cell = cells[(target, point, rate)]
         where = f"{target.label} {point[0]} × {format_size(point[1])} {rate or 'closed'}"
         status.now(f"{where} (repeat {repeat + 1}/{args.repeats})")
-        if server is None:
-            run = Run(error=f"did not start: {failure}")
+        if server is None or failure is not None:
+            # A server that answered the priming exchange wrongly is not measured.
+            run = Run(error=failure or "did not start")
         else:
             per_second = None if rate is None else asked_rate(rate, closed)
             if rate is not None and per_second is None:
                 run = Run(mode="open", error="no closed-loop rate to take a share of")
             else:
-                load = Load(args.warmup, args.duration, args.ramp_timeout, per_second)
-                run = measure(
-                    tools, server, connections=point[0], size=point[1], load=load, pinning=pinning
+                load = Load(
+                    args.warmup, args.duration, args.ramp_timeout, per_second, args.wait_quiet
                 )
+                server.resume()
+                try:
+                    run = measure(
+                        tools,
+                        server,
+                        connections=point[0],
+                        size=point[1],
+                        load=load,
+                        pinning=pinning,
+                    )
+                finally:
+                    if server.spins:
+                        server.pause()
         if rate is None:
             closed = run
         cell.runs.append(run)
+        runs.append(run)
         status.done(where)
+    return runs
+
+
+def refuse_noise(
+    target: Target, point: tuple[int, int], modes: Sequence[str | None], runs: Sequence[Run]
+) -> None:
+    """--strict: BenchError (one line, no report) when a run was shaped by something else
+    than its server: another process, the hypervisor, a saturated load generator."""
+    for rate, run in zip(modes, runs, strict=False):
+        noise = [flag for flag in run.flags if flag in NOISE_FLAGS]
+        if not noise:
+            continue
+        who = run.others_during or run.others_before
+        shares = [
+            f"{share:.0f} % of the {name}'s CPU went to others"
+            for name, share in (
+                ("server", run.other_server_cpu_pct),
+                ("load generator", run.other_loadgen_cpu_pct),
+            )
+            if share is not None and share > CONTENDED_PCT
+        ]
+        details = "; ".join(
+            [", ".join(noise), *shares, *(["busy: " + ", ".join(who[:3])] if who else [])]
+        )
+        raise BenchError(
+            f"--strict: {target.label} {point[0]} × {format_size(point[1])} "
+            f"{rate or 'closed'} was not measured on a quiet machine ({details}); "
+            "no report written"
+        )
 
 
 def write_reports(

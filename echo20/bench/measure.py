@@ -10,6 +10,7 @@ generator managed.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -18,17 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from echo20.bench import histograms
+from echo20.bench.environment import MachineSample, busy_processes, load_average
 from echo20.bench.processes import (
+    OTHER_BUSY_PCT,
+    SPIN_SHARE,
     Pinning,
     Server,
     read_status_kib,
     reset_peak_rss,
-    wait_until_idle,
+    wait_until_quiet,
 )
 from echo20.bench.tools import Tools
 from echo20.errors import BenchError
 
-__all__ = ["Load", "Run", "measure"]
+__all__ = ["NOISE_FLAGS", "Load", "Run", "measure"]
 
 # Seconds for the load generator to get every connection answered once. A slow target
 # with large messages can miss it: that cell then says so.
@@ -43,6 +47,15 @@ BOTTLENECK_PCT = 90.0
 CONTENDED_PCT = 10.0
 # Open loop: the share of the asked-for rate below which the server fell behind.
 BEHIND_SHARE = 0.95
+# Time the hypervisor took from a pinned CPU in the window, in percent, above which the
+# cell is marked ``steal``.
+STEAL_PCT = 2.0
+# The flags that say something else than the server shaped a cell's numbers: --strict
+# writes no report with any of them.
+NOISE_FLAGS = (
+    "contended", "others-busy", "others-before", "steal", "loaded", "busy-before",
+    "loadgen-bound",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,8 @@ class Load:
     duration: float
     ramp_timeout: float = RAMP_TIMEOUT
     rate: float | None = None
+    # Seconds to wait before the cell for other processes to go quiet (0: only look).
+    wait_quiet: float = 0.0
 
 
 @dataclass
@@ -81,6 +96,16 @@ class Run:
     other_server_cpu_pct: float | None = None
     other_loadgen_cpu_pct: float | None = None
     peak_rss_kib: int | None = None
+    # The machine around the cell: the 1-minute load average when it started, the
+    # highest share of a pinned CPU the hypervisor stole in the window, the server's
+    # share of a CPU with no client, and other processes busy before and during it.
+    loadavg_1m: float | None = None
+    steal_pct: float | None = None
+    idle_cpu_pct: float | None = None
+    others_before: list[str] = field(default_factory=list)
+    others_during: list[str] = field(default_factory=list)
+    # Under TLS: the version and cipher the load generator negotiated.
+    tls: str | None = None
     flags: list[str] = field(default_factory=list)
     # Wall-clock seconds the whole run took: ramp, warm-up, window, teardown.
     wall_s: float = 0.0
@@ -102,8 +127,7 @@ def run_loadgen(
     """Run the C load generator once; its JSON report (BenchError if it failed)."""
     argv = [
         str(tools.loadgen),
-        "--host", server.host,
-        "--port", str(server.port),
+        *server.loadgen_args(),
         "--connections", str(connections),
         "--size", str(size),
         "--warmup", str(load.warmup),
@@ -166,12 +190,19 @@ def measure_into(
     pinning: Pinning,
     samples: Path,
 ) -> None:
-    if server.exit_status() is None and not wait_until_idle(server.pid):
-        run.flags.append("busy-before")
+    if server.exit_status() is None:
+        quiet = wait_until_quiet(server, wait=load.wait_quiet)
+        if quiet.server_busy:
+            run.flags.append("busy-before")
+        run.others_before = quiet.others
+    run.idle_cpu_pct = 100 * server.idle_share
+    average = load_average()
+    run.loadavg_1m = average[0] if average else None
     if server.exit_status() is not None:
         run.error = f"server exited with status {server.exit_status()}: {server.stderr_tail(1)}"
         return
     reset_peak_rss(server.pid)
+    machine = MachineSample.take()
     try:
         report = run_loadgen(
             tools,
@@ -185,6 +216,12 @@ def measure_into(
     except BenchError as error:
         run.error = str(error)
         return
+    run.others_during = busy_processes(
+        machine,
+        MachineSample.take(),
+        exclude={os.getpid(), server.pid, server.process.pid},
+        least_pct=OTHER_BUSY_PCT,
+    )
     run.peak_rss_kib = read_status_kib(server.pid, "VmHWM")
     status = server.exit_status()
     if status is not None:
@@ -200,6 +237,7 @@ def measure_into(
     if not report["measured"]:
         run.error = "not measured: " + (report["first_error"] or "no measured window")
         return
+    run.tls = report.get("tls") or None
     run.round_trips = int(report["round_trips"])
     run.elapsed_s = elapsed = float(report["elapsed_s"])
     if run.round_trips == 0:
@@ -237,6 +275,14 @@ def account_cpu(run: Run, report: dict[str, Any], pinning: Pinning) -> None:
     run.loadgen_cpu_pct = 100 * loadgen_cpu_s / elapsed
     busy: list[int] = report["cpu_busy_ticks"]
     total: list[int] = report["cpu_total_ticks"]
+    steal: list[int] = report.get("cpu_steal_ticks", [])
+    watched = [cpu for cpu in (pinning.server_cpu, pinning.loadgen_cpu) if cpu is not None]
+    shares = [
+        100 * steal[cpu] / total[cpu]
+        for cpu in (watched or range(len(total)))
+        if cpu < min(len(steal), len(total)) and total[cpu]
+    ]
+    run.steal_pct = max(shares) if shares else None
     if pinning.server_cpu is not None and pinning.loadgen_cpu is not None and busy:
         cpu_s, cpu_g = pinning.server_cpu, pinning.loadgen_cpu
         if total[cpu_s] and server_cpu_s is not None:
@@ -260,6 +306,18 @@ def run_flags(run: Run, pinning: Pinning, load: Load) -> list[str]:
     others = (run.other_server_cpu_pct, run.other_loadgen_cpu_pct)
     if any(other is not None and other > CONTENDED_PCT for other in others):
         flags.append("contended")
+    if run.others_during:
+        flags.append("others-busy")
+    if run.others_before:
+        flags.append("others-before")
+    if run.steal_pct is not None and run.steal_pct > STEAL_PCT:
+        flags.append("steal")
+    # More runnable tasks than CPUs, beyond the server and the load generator.
+    usable = len(os.sched_getaffinity(0))
+    if run.loadavg_1m is not None and run.loadavg_1m >= usable + 1:
+        flags.append("loaded")
+    if run.idle_cpu_pct is not None and run.idle_cpu_pct > 100 * SPIN_SHARE:
+        flags.append("busy-idle")
     if pinning.server_cpu is None:
         flags.append("unpinned")
     if load.rate is not None:

@@ -26,7 +26,7 @@ from echo20.bench.measure import LOADGEN_GRACE, Load, Run, measure
 from echo20.bench.processes import Pinning, prime, read_line, read_status_kib
 from echo20.bench.processes import start_target as launch
 from echo20.bench.stats import Cell
-from echo20.bench.targets import Target
+from echo20.bench.targets import Target, Wire
 from echo20.bench.tools import Tools
 from echo20.bench.units import fmt, fmt_ratio, format_size
 from echo20.errors import BenchError
@@ -42,7 +42,7 @@ COLD_HEADERS = ("target", "conns", "size", "cold CPU µs/rt", "warm CPU µs/rt",
 
 def command_idle(args: argparse.Namespace) -> int:
     """RSS per idle connection: N connections that each exchanged one message, then wait."""
-    out_dir, tools, pinning, targets, skipped, env = prepare(args)
+    out_dir, tools, pinning, targets, skipped, _, env = prepare(args)
     results: list[dict[str, Any]] = []
     with progress_bar(len(targets)) as status:
         for target in targets:
@@ -105,7 +105,11 @@ def idle_one(
     }
     try:
         server = launch(
-            target, tools=tools, host=args.host, log_dir=out_dir / "logs", cpu=pinning.server_cpu
+            target,
+            tools=tools,
+            wire=Wire(args.host),
+            log_dir=out_dir / "logs",
+            cpu=pinning.server_cpu,
         )
     except (BenchError, OSError) as error:
         result["error"] = f"did not start: {error}"
@@ -115,7 +119,7 @@ def idle_one(
         result["baseline_rss_kib"] = read_status_kib(server.pid, "VmRSS")
         argv = [
             str(tools.loadgen), "--idle",
-            "--host", server.host, "--port", str(server.port),
+            *server.loadgen_args(),
             "--connections", str(args.connections), "--size", str(args.size),
             "--ramp-timeout", str(args.ramp_timeout),
         ]  # fmt: skip
@@ -168,7 +172,7 @@ def command_cold_start(args: argparse.Namespace) -> int:
     connection has ever closed), then measure the same cell again (its first load's
     connections have closed by then). The ratio is cold over warm.
     """
-    out_dir, tools, pinning, targets, skipped, env = prepare(args)
+    out_dir, tools, pinning, targets, skipped, _, env = prepare(args)
     points, _ = matrix_points(args.connections, args.sizes, args.max_inflight)
     cold = {(t, p): Cell(t, *p) for t in targets for p in points}
     warm = {(t, p): Cell(t, *p) for t in targets for p in points}
@@ -186,28 +190,41 @@ def command_cold_start(args: argparse.Namespace) -> int:
                     warm[(target, point)].runs.append(warm_run)
                     status.done(where)
     env["loadavg_end"] = load_average()
-    results: list[dict[str, Any]] = []
-    for key, cold_cell in cold.items():
-        warm_cell = warm[key]
-        ratios = [
-            c.cpu_us_per_rt / w.cpu_us_per_rt
-            for c, w in zip(cold_cell.runs, warm_cell.runs, strict=True)
-            if c.cpu_us_per_rt and w.cpu_us_per_rt
-        ]
-        results.append(
-            {
-                "label": key[0].label,
-                "connections": key[1][0],
-                "size": key[1][1],
-                "cold_cpu_us_per_rt": cold_cell.median(lambda r: r.cpu_us_per_rt),
-                "warm_cpu_us_per_rt": warm_cell.median(lambda r: r.cpu_us_per_rt),
-                "ratio": statistics.median(ratios) if ratios else None,
-                "ratios": ratios,
-                "error": cold_cell.error or warm_cell.error,
-                "cold_runs": [asdict(r) for r in cold_cell.runs],
-                "warm_runs": [asdict(r) for r in warm_cell.runs],
-            }
-        )
+    results = [cold_start_result(cold_cell, warm[key]) for key, cold_cell in cold.items()]
+    write_cold_start_report(args, out_dir, env, skipped, results)
+    failed = any(cell.failed for cell in (*cold.values(), *warm.values()))
+    return 1 if failed else 0
+
+
+def cold_start_result(cold_cell: Cell, warm_cell: Cell) -> dict[str, Any]:
+    """One target and point: cold and warm CPU per round trip, and their ratio."""
+    ratios = [
+        c.cpu_us_per_rt / w.cpu_us_per_rt
+        for c, w in zip(cold_cell.runs, warm_cell.runs, strict=True)
+        if c.cpu_us_per_rt and w.cpu_us_per_rt
+    ]
+    return {
+        "label": cold_cell.target.label,
+        "connections": cold_cell.connections,
+        "size": cold_cell.size,
+        "cold_cpu_us_per_rt": cold_cell.median(lambda r: r.cpu_us_per_rt),
+        "warm_cpu_us_per_rt": warm_cell.median(lambda r: r.cpu_us_per_rt),
+        "ratio": statistics.median(ratios) if ratios else None,
+        "ratios": ratios,
+        "error": cold_cell.error or warm_cell.error,
+        "cold_runs": [asdict(r) for r in cold_cell.runs],
+        "warm_runs": [asdict(r) for r in warm_cell.runs],
+    }
+
+
+def write_cold_start_report(
+    args: argparse.Namespace,
+    out_dir: Path,
+    env: dict[str, Any],
+    skipped: list[str],
+    results: list[dict[str, Any]],
+) -> None:
+    """The cold-start table on the terminal, and cold-start.json and .md in ``out_dir``."""
     rows = [
         [
             r["label"],
@@ -241,8 +258,6 @@ def command_cold_start(args: argparse.Namespace) -> int:
     ]
     (out_dir / "cold-start.md").write_text("\n".join(md))
     print(f"wrote {out_dir / 'cold-start.json'}, {out_dir / 'cold-start.md'}")
-    failed = any(cell.failed for cell in (*cold.values(), *warm.values()))
-    return 1 if failed else 0
 
 
 def cold_and_warm(
@@ -256,7 +271,11 @@ def cold_and_warm(
 ) -> tuple[Run, Run]:
     try:
         server = launch(
-            target, tools=tools, host=args.host, log_dir=out_dir / "logs", cpu=pinning.server_cpu
+            target,
+            tools=tools,
+            wire=Wire(args.host),
+            log_dir=out_dir / "logs",
+            cpu=pinning.server_cpu,
         )
     except (BenchError, OSError) as error:
         failed = Run(error=f"did not start: {error}")

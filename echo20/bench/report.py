@@ -114,6 +114,21 @@ def tail_notes(cells: Sequence[Cell]) -> list[str]:
     return notes
 
 
+def busy_notes(cells: Sequence[Cell]) -> list[str]:
+    """The other processes busy while cells ran, one line each: in how many, how busy."""
+    seen: dict[str, tuple[int, float]] = {}
+    measured = [cell for cell in cells if cell.summary.get("error") is None]
+    for cell in measured:
+        for text in cell.summary.get("others_busy", []):
+            who, _, share = text.rpartition(") ")
+            count, most = seen.get(who + ")", (0, 0.0))
+            seen[who + ")"] = (count + 1, max(most, float(share.split()[0])))
+    return [
+        f"{who} was busy during {count} of {len(measured)} cells, up to {most:.0f} % of a CPU"
+        for who, (count, most) in sorted(seen.items(), key=lambda item: -item[1][0])
+    ]
+
+
 def budget_rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
     met_words = {True: "met", False: "NOT met", None: "not measured"}
     return [
@@ -179,6 +194,8 @@ def print_run(
     print_table("echo20 benchmark", MATRIX_HEADERS, matrix_rows(cells), TERMINAL_COLUMNS)
     for note in tail_notes(cells):
         print(f"tail: {note}")
+    for note in busy_notes(cells):
+        print(f"busy: {note}")
     if budgets:
         print_table("Budgets (ratios from this run)", BUDGET_HEADERS, [budget_rows(budgets)])
     for problem in problems:
@@ -222,6 +239,10 @@ def write_markdown(
     notes = tail_notes(cells)
     if notes:
         md += ["## Where the tail latency goes", ""] + [f"- {note}" for note in notes] + [""]
+    busy = busy_notes(cells)
+    if busy:
+        md += ["## Other processes busy during the run", ""] + [f"- {note}" for note in busy]
+        md += [""]
     if problems:
         md += ["## Not run", ""] + [f"- {problem}" for problem in problems] + [""]
     if budgets:
@@ -253,12 +274,28 @@ the server's VmHWM during the cell.
 Notes: `loadgen-bound`: the load generator (a C epoll program on its own CPU) used at
 least 90 % of its CPU while the server used less, so the server could have done more.
 `contended`: other processes took more than 10 % of one of the two pinned CPUs during
-the window: expect noise. `unpinned`: server and load generator shared CPUs. `behind`:
+the window: expect noise. `others-busy`: some other process used at least 10 % of a
+CPU while the cell ran (named under "Other processes busy during the run");
+`others-before`: one did in the 0.2 s before the cell (after `--wait-quiet`, if given).
+`steal`: the hypervisor gave more than 2 % of a pinned CPU to other machines in the
+window. `loaded`: the 1-minute load average was at least the usable CPUs + 1 when the
+cell started. `busy-idle`: the server uses more than 5 % of a CPU with no client at all
+(it spins; its CPU per round trip includes that; it is stopped with SIGSTOP while the
+other targets are measured). `--strict` writes no report when a cell has any of
+`contended`, `others-busy`, `others-before`, `steal`, `loaded`, `busy-before` or
+`loadgen-bound`. `unpinned`: server and load generator shared CPUs. `behind`:
 an open-loop target answered less than 95 % of the asked rate. `N unanswered`:
 messages due in the window still had no reply 2 s after it. `busy-before`: the server
 was still busy from the previous cell. `too slow`: the target answered correctly but
 not every connection got its first reply within the ramp timeout, or no round trip
 finished in the window (not a failure).
+
+Under `--tls` (the report's head says `transport: TLS over ...`) each row is a TLS
+implementation: `c` OpenSSL's SSL_read/SSL_write, `floor` the loop's own TLS
+(asyncio's sslproto, uvloop's, aiofastnet's), `streams`, `iostream` and `protocol` the
+port's TLSTransport (echo20/tls.py) over the loop's plain transport, `sockets` TLS by
+hand (ssl.MemoryBIO) between sock_recv and sock_sendall. A loop without TLS of its own
+has a `floor` row that says so.
 
 The Tornado reference (`tornado`) leaves Nagle's algorithm on: its second small write
 waits for the client's delayed ACK, about 40 ms per exchange. `tornado-nodelay` is the

@@ -44,6 +44,9 @@ class Cell:
     size: int
     rate: str | None = None
     runs: list[Run] = field(default_factory=list)
+    # Why the loop cannot run this target at all (no Unix sockets, no TLS): not measured,
+    # and not a failure.
+    unsupported: str | None = None
     # Filled by summarize() once every repeat has run.
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -77,6 +80,8 @@ class Cell:
         return self.summary
 
     def _summary(self) -> dict[str, Any]:
+        if self.unsupported is not None:
+            return {"error": self.unsupported, "failed": False, "unsupported": True}
         if self.error is not None or not self.runs:
             return {"error": self.error or "not run", "failed": self.failed or not self.runs}
         flags = sorted({flag for run in self.runs for flag in run.flags})
@@ -100,7 +105,18 @@ class Cell:
             "other_server_cpu_pct": self.median(lambda r: r.other_server_cpu_pct),
             "other_loadgen_cpu_pct": self.median(lambda r: r.other_loadgen_cpu_pct),
             "peak_rss_kib": max(peaks) if peaks else None,
+            "loadavg_1m": self.median(lambda r: r.loadavg_1m),
+            "steal_pct": max(self.values(lambda r: r.steal_pct), default=None),
+            "idle_cpu_pct": self.median(lambda r: r.idle_cpu_pct),
+            # Other processes busy during any repeat (or just before it), each once.
+            "others_busy": list(
+                dict.fromkeys(text for run in self.runs for text in run.others_during)
+            ),
+            "others_before": list(
+                dict.fromkeys(text for run in self.runs for text in run.others_before)
+            ),
             "flags": flags,
+            "tls": next((run.tls for run in self.runs if run.tls), None),
             "histogram": histograms.encode(pooled),
         }
         if self.rate is not None:

@@ -6,8 +6,10 @@
     echo20-conformance --server-cmd "./my_server --port {port}"
     echo20-conformance --server-addr 127.0.0.1:8888
     echo20-conformance --client-cmd "./my_client --port {port}"
+    echo20-conformance compare tornado --server-cmd "./my_server --port {port}"
 
-(or ``python -m echo20.conformance``). The scenarios speak raw TCP and import nothing
+(or ``python -m echo20.conformance``). ``compare`` puts two or more servers side by side
+(``compare``, ``matrix``, ``observe``). The scenarios speak raw TCP and import nothing
 of the rest of echo20: they judge any implementation, this project's own included,
 by the rules written down in ``docs/protocol.md``. ``runner`` is the command line,
 ``plugin`` the pytest plugin behind it, ``scenarios`` the tests, ``wire`` the reply

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from echo20.errors import ConformanceError, describe_error
@@ -71,8 +73,10 @@ def command_argv(command: str, **values: object) -> list[str]:
 
     A leading ``python`` means the interpreter this runs on, so a command given to a
     runner installed in a virtual environment finds that environment's packages
-    without activating it. No shell runs: pipes and ``VAR=value`` prefixes are not
-    understood (``sh -c '...'`` gives them back). ValueError when it cannot be split.
+    without activating it; a program found nowhere on PATH is looked for beside that
+    interpreter, where the environment's console scripts are. No shell runs: pipes
+    and ``VAR=value`` prefixes are not understood (``sh -c '...'`` gives them back).
+    ValueError when it cannot be split.
     """
     for name, value in values.items():
         command = command.replace("{" + name + "}", str(value))
@@ -81,6 +85,12 @@ def command_argv(command: str, **values: object) -> list[str]:
         raise ValueError("the command is empty")
     if argv[0] == "python":
         argv[0] = sys.executable
+    elif os.sep not in argv[0] and shutil.which(argv[0]) is None:
+        # A console script installed beside this interpreter (echo20-server in the
+        # runner's own virtual environment), found without activating it.
+        beside = Path(sys.executable).parent / argv[0]
+        if beside.is_file() and os.access(beside, os.X_OK):
+            argv[0] = str(beside)
     return argv
 
 

@@ -2,7 +2,8 @@
 
 The runner always has pytest write JUnit XML (to ``--junit-xml FILE`` or a temporary
 file), so a CI system, the one-line summary and the Markdown report all read the same
-record. ``tools/compare.py`` puts several runs side by side with :func:`render_matrix`.
+record. ``echo20-conformance compare`` puts several runs side by side with
+:func:`render_matrix` and its verdicts (:mod:`echo20.conformance.matrix`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from echo20.conformance.observe import Samples
+
 __all__ = [
     "Column",
     "Result",
@@ -21,7 +24,6 @@ __all__ = [
     "read_junit",
     "render_matrix",
     "render_report",
-    "verdict",
 ]
 
 # The outcomes, as the report spells them; failures in capitals so they stand out.
@@ -98,22 +100,36 @@ class Column:
     command: str
     results: list[Result]
     about: str = ""
+    kind: str = "server"
+    # What ``compare`` observed of a server (:mod:`echo20.conformance.observe`).
+    observations: dict[str, Samples] = field(default_factory=dict)
+    # What went wrong with the run itself (would not start, died, no clean exit).
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    # Whether it had to exit 0 on SIGTERM with no traceback (echo20's own servers).
+    clean_exit: bool = False
+    # What a comparison's report says about it (a preset's note).
+    note: str = ""
+    # Its failures are documented and do not fail a comparison (the seed's client).
+    known_to_fail: bool = False
+
+    def passed(self) -> bool:
+        """Every scenario passed (or was skipped), and nothing went wrong."""
+        return (
+            bool(self.results)
+            and not self.problems
+            and all(r.outcome in (PASS, SKIPPED) for r in self.results)
+        )
 
 
-def verdict(cells: list[Result | None]) -> str:
-    outcomes = {cell.outcome if cell else "not run" for cell in cells}
-    if outcomes == {PASS}:
-        return "pass on all"
-    if FAIL in outcomes or ERROR in outcomes:
-        return "**differs**" if PASS in outcomes else "**fails on all**"
-    return "incomplete"
-
-
-def render_matrix(columns: list[Column], notes: list[str]) -> list[str]:
+def render_matrix(
+    columns: list[Column], notes: list[str], verdicts: dict[tuple[str, str], str] | None = None
+) -> list[str]:
     """Markdown tables, one per kind of scenario: scenario x column, failures footnoted.
 
     A failure's reason, or a passing scenario's note, goes into ``notes`` (numbered on
-    from what is there, each text once); the cell refers to it as ``[n]``.
+    from what is there, each text once); the cell refers to it as ``[n]``. With
+    ``verdicts`` (by kind and scenario), a verdict column ends each row.
     """
     lines: list[str] = []
     for kind, title in KINDS.items():
@@ -131,21 +147,19 @@ def render_matrix(columns: list[Column], notes: list[str]) -> list[str]:
             for result in column.results
             if result.kind == kind
         }
-        # A verdict column only where there is something to compare.
-        many = len(shown) > 1
         lines += [
             "",
             f"### {title}",
             "",
             "| scenario | "
             + " | ".join(f"`{c.name}`" for c in shown)
-            + (" | verdict |" if many else " |"),
-            "|---|" + "---|" * (len(shown) + many),
+            + (" | verdict |" if verdicts is not None else " |"),
+            "|---|" + "---|" * (len(shown) + (verdicts is not None)),
         ]
         for scenario in scenarios:
-            row_cells = [cells.get((c.name, scenario)) for c in shown]
             texts = []
-            for cell in row_cells:
+            for column in shown:
+                cell = cells.get((column.name, scenario))
                 if cell is None:
                     texts.append("not run")
                     continue
@@ -158,7 +172,7 @@ def render_matrix(columns: list[Column], notes: list[str]) -> list[str]:
                         notes.append(entry)
                     text += f" [{notes.index(entry) + 1}]"
                 texts.append(text)
-            ending = f" | {verdict(row_cells)} |" if many else " |"
+            ending = f" | {verdicts.get((kind, scenario), '')} |" if verdicts is not None else " |"
             lines.append(f"| `{scenario}` | " + " | ".join(texts) + ending)
     return lines
 

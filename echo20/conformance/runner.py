@@ -9,6 +9,9 @@ every scenario passed::
     echo20-conformance --server-addr 127.0.0.1:8888 -k over
     echo20-conformance --client-cmd "./my_client --port {port}"
     echo20-conformance --list
+
+``echo20-conformance compare`` (:mod:`echo20.conformance.compare`) runs them on several
+servers and puts the results side by side.
 """
 
 from __future__ import annotations
@@ -92,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
             '  echo20-conformance --server-cmd "python tcp_server.py" --port 8888\n'
             '  echo20-conformance --server-cmd "./server --port {port}"\n'
             "  echo20-conformance --server-addr 127.0.0.1:8888 -k over\n"
-            '  echo20-conformance --client-cmd "./client --port {port}"'
+            '  echo20-conformance --client-cmd "./client --port {port}"\n'
+            '  echo20-conformance compare tornado --server-cmd "./server --port {port}"\n'
+            "\n"
+            "echo20-conformance compare --help: several servers side by side"
         ),
         formatter_class=cli.HelpFormatter,
     )
@@ -131,13 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = parser.add_argument_group("the run")
     run.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    run.add_argument("-k", dest="keyword", metavar="EXPR", help="only scenarios matching EXPR")
-    run.add_argument(
-        "--timeout",
-        type=cli.positive_float,
-        default=10.0,
-        help="seconds any wait may take: a server starting, a reply, a client finishing",
-    )
+    add_selection_arguments(run)
     run.add_argument("--junit-xml", type=Path, metavar="FILE", help="write JUnit XML here")
     run.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown report here")
     run.add_argument("--name", help="the implementation's name in reports (default: its command)")
@@ -145,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="every scenario's name, and failures in full"
     )
     return parser
+
+
+def add_selection_arguments(group: argparse._ArgumentGroup) -> None:
+    """``-k`` and ``--timeout``, the same for a single run and ``compare``."""
+    group.add_argument("-k", dest="keyword", metavar="EXPR", help="only scenarios matching EXPR")
+    group.add_argument(
+        "--timeout",
+        type=cli.positive_float,
+        default=10.0,
+        help="seconds any wait may take: a server starting, a reply, a client finishing",
+    )
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -286,6 +297,10 @@ def list_scenarios(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] == "compare":
+        from echo20.conformance import compare
+
+        return compare.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     check_arguments(parser, args)
@@ -311,32 +326,56 @@ def main(argv: list[str] | None = None) -> int:
             server.stop(args.timeout)
 
 
-def run(args: argparse.Namespace, server: ServerProcess | None, started: float) -> int:
-    """Run the scenarios; report; the exit status."""
-    watch = ServerWatch(server, owned=False, timeout=args.timeout) if server is not None else None
+def run_scenarios(
+    args: argparse.Namespace,
+    address: tuple[str, int] | None,
+    client_cmd: str | None,
+    junit: Path,
+    watch: ServerWatch | None,
+) -> int:
+    """pytest on the packaged scenarios, against ``address`` and/or ``client_cmd``.
+
+    ``args`` gives ``timeout``, ``keyword`` and ``verbose``; the results go to ``junit``.
+    pytest's exit status.
+    """
     extra = []
-    address = server.address if server is not None else args.server_addr
     if address is not None:
         host, port = address
         extra += ["--server-addr", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    if args.client_cmd:
-        extra += ["--client-cmd", args.client_cmd]
+    if client_cmd:
+        extra += ["--client-cmd", client_cmd]
+    with isolated_pytest():
+        return pytest.main(
+            [*pytest_arguments(args, junit), *extra], plugins=[watch] if watch else []
+        )
+
+
+def stop_server(
+    server: ServerProcess, watch: ServerWatch, *, clean_exit: bool, timeout: float
+) -> list[str]:
+    """Stop a server after its run; what went wrong with it, one line each."""
+    if watch.died:
+        return [watch.died]
+    problems = []
+    exit_status = server.stop(timeout)
+    if clean_exit and exit_status != 0:
+        problems.append(f"the server {describe_status(exit_status)} on SIGTERM, not 0")
+    if clean_exit and server.saw_traceback():
+        problems.append(f"the server wrote a Python traceback on stderr{server.last_words()}")
+    return problems
+
+
+def run(args: argparse.Namespace, server: ServerProcess | None, started: float) -> int:
+    """Run the scenarios; report; the exit status."""
+    watch = ServerWatch(server, owned=False, timeout=args.timeout) if server is not None else None
+    address = server.address if server is not None else args.server_addr
     with tempfile.TemporaryDirectory(prefix="echo20-conformance-") as scratch:
         junit = args.junit_xml or Path(scratch) / "junit.xml"
-        with isolated_pytest():
-            status = pytest.main(
-                [*pytest_arguments(args, junit), *extra], plugins=[watch] if watch else []
-            )
+        status = run_scenarios(args, address, args.client_cmd, junit, watch)
         results = read_junit(junit) if junit.exists() else []
     problems = []
-    if watch is not None and watch.died:
-        problems.append(watch.died)
-    elif server is not None:
-        exit_status = server.stop(args.timeout)
-        if args.clean_exit and exit_status != 0:
-            problems.append(f"the server {describe_status(exit_status)} on SIGTERM, not 0")
-        if args.clean_exit and server.saw_traceback():
-            problems.append(f"the server wrote a Python traceback on stderr{server.last_words()}")
+    if server is not None and watch is not None:
+        problems = stop_server(server, watch, clean_exit=args.clean_exit, timeout=args.timeout)
     seconds = time.monotonic() - started
     if status == PYTEST_NO_TESTS or (status == 0 and not results):
         cli.error_line(PROGRAM, f"no scenario matches -k {args.keyword!r}")

@@ -1,6 +1,6 @@
 """The seed's Tornado echo/reverse client, ported to Python 3 and current Tornado.
 
-The reference for ``echo_client.py``: the same flags, input and output, on Tornado's own
+The reference for ``echo20-client``: the same flags, input and output, on Tornado's own
 ``TCPClient`` and ``IOStream``. Run it against a server::
 
     python tornado_client.py --port 8888                 # interactive, the seed's prompt
@@ -11,7 +11,7 @@ It keeps the seed's flow (connect; prompt, send, show the reply; stop after ``ov
 not its two bugs: the seed reads the reply with two ``read_bytes(20, partial=True)``
 calls, which hangs when the echo and its reversal arrive together and falls out of step
 on messages over 20 bytes. This client reads the whole double reply, ``2 * len(message)``
-bytes, and prints the echo and the reversed text as two lines, as ``echo_client.py`` does.
+bytes, and prints the echo and the reversed text as two lines, as ``echo20-client`` does.
 
 It needs the ``tornado`` extra (``pip install 'echo20[tornado]'``).
 """

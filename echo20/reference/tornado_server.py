@@ -1,10 +1,10 @@
 """The seed's Tornado echo/reverse server, ported to Python 3 and current Tornado.
 
 This is the reference the asyncio port is measured against: the conformance suite and
-the benchmark run it next to ``echo_server.py``. Run it::
+the benchmark run it next to ``echo20-server``. Run it::
 
-    python tornado_server.py --port 8888
-    python tornado_client.py -m hello -m over --port 8888
+    python -m echo20.reference.tornado_server --port 8888
+    python -m echo20.reference.tornado_client -m hello -m over --port 8888
 
 It needs the ``tornado`` extra (``pip install 'echo20[tornado]'``); nothing else in
 echo20 imports Tornado.
@@ -75,7 +75,7 @@ class MyTcpServer(TCPServer):
                 msg = await stream.read_bytes(20, partial=True)
                 if self.verbose:
                     # The seed prints ``msg, 'from', address``; here it goes to the log,
-                    # in the same words as echo_server.py's.
+                    # in the same words as echo20-server's.
                     log.info("%r from %s", msg, address)
                 # Not awaited, as in the seed: the echo is queued, then the reversal is
                 # written and awaited. Tornado keeps the two writes in order.
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROGRAM,
         description=(
             "The seed's Tornado server: echo every chunk of up to 20 bytes, then the chunk\n"
-            "reversed; 'over' closes. The reference for echo_server.py."
+            "reversed; 'over' closes. The reference for echo20-server."
         ),
         formatter_class=cli.HelpFormatter,
     )

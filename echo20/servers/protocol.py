@@ -41,13 +41,12 @@ class ProtocolServer(EchoServer):
         self.recv_buffer = memoryview(bytearray(self.RECV_BUFFER_SIZE))
 
     def make_protocol(self) -> asyncio.BaseProtocol:
-        loop = asyncio.get_running_loop()
-        if isinstance(loop, asyncio.BaseEventLoop):
+        style = loops.receive_style(asyncio.get_running_loop())
+        if style is loops.ReceiveStyle.SHARED_BUFFER:
             return BufferedEchoProtocol(self)
-        # rloop 0.5's transport.write costs about 21 ns per byte for anything but
-        # bytes (measured: 680 us for a 32 KiB memoryview, 12.5 us as bytes), so
-        # large replies, which the pure-Python builder returns as bytearrays, are copied first.
-        self.write_bytes_only = loops.is_rloop(loop)
+        # Large replies, which the pure-Python builder returns as bytearrays, are copied
+        # to bytes first where only bytes are written cheaply.
+        self.write_bytes_only = style is loops.ReceiveStyle.BYTES_WRITES
         return EchoProtocol(self)
 
 

@@ -13,8 +13,22 @@ the conformance runner against it and check which scenarios catch it::
 * ``drops-queue-on-over``: the same, when ``over`` arrives;
 * ``no-reversal``: sends each chunk twice instead of the chunk and its reversal;
 * ``chunks-of-21``: cuts 21-byte chunks;
-* ``closes-on-lookalike``: closes on ``OVER``, ``over\\n`` and the like too;
+* ``closes-on-lookalike``: closes on any chunk that holds ``over`` in any case
+  (``OVER``, ``over\\n``, ``overtime``, ``game over``...), not only on ``over`` itself;
+* ``watches-the-stream``: closes when the bytes received so far end in ``over``, chunk
+  or not (``o``, ``v``, ``e``, ``r`` trickled one at a time close it);
 * ``never-closes``: answers ``over`` but keeps the connection open;
+* ``resets-after-over``: closes with a reset (SO_LINGER 0) after ``over``'s reply, where
+  the end of stream belongs;
+* ``ignores-eof``: never closes when the client ends its stream (half-close);
+* ``text-not-bytes``: decodes each batch as UTF-8 (undecodable bytes replaced) and cuts
+  and reverses characters, not bytes;
+* ``stops-at-nul``: takes a NUL byte for the end of the input, as a C string: answers
+  what came before it and closes;
+* ``serves-one-at-a-time``: serves one connection until it closes before it reads the
+  next (an iterative server);
+* ``drops-everyone-on-reset``: a client's reset closes every connection, as if the
+  error were the server's own;
 * ``exits-on-over``: the whole process exits (status 9) at the first ``over``: a server
   that dies in the middle of a run.
 
@@ -27,8 +41,11 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
+import struct
 import sys
 from collections import deque
+from typing import ClassVar
 
 from echo20.conformance.wire import batch_reply
 
@@ -44,7 +61,14 @@ DEFECTS = (
     "no-reversal",
     "chunks-of-21",
     "closes-on-lookalike",
+    "watches-the-stream",
     "never-closes",
+    "resets-after-over",
+    "ignores-eof",
+    "text-not-bytes",
+    "stops-at-nul",
+    "serves-one-at-a-time",
+    "drops-everyone-on-reset",
     "exits-on-over",
 )
 
@@ -59,6 +83,12 @@ def cut(data: bytes, size: int = CHUNK_SIZE) -> list[bytes]:
 class Broken(asyncio.Protocol):
     """One connection, broken in the way ``defect`` says."""
 
+    # serves-one-at-a-time: the connection being served, and those waiting their turn.
+    serving: ClassVar[Broken | None] = None
+    waiting: ClassVar[deque[Broken]] = deque()
+    # drops-everyone-on-reset: every open connection.
+    everyone: ClassVar[set[Broken]] = set()
+
     def __init__(self, defect: str) -> None:
         self.defect = defect
         self.transport: asyncio.Transport | None = None
@@ -67,10 +97,32 @@ class Broken(asyncio.Protocol):
         self.queue: deque[bytes] = deque()
         self.paused = False
         self.over_at: float | None = None
+        # watches-the-stream: the last bytes received, across batches.
+        self.tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        Broken.everyone.add(self)
+        if self.defect == "serves-one-at-a-time":
+            if Broken.serving is None:
+                Broken.serving = self
+            else:
+                transport.pause_reading()
+                Broken.waiting.append(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        Broken.everyone.discard(self)
+        if self.defect == "drops-everyone-on-reset" and isinstance(exc, ConnectionResetError):
+            for other in list(Broken.everyone):
+                if other.transport is not None:
+                    other.transport.close()
+        if self in Broken.waiting:
+            Broken.waiting.remove(self)
+        if Broken.serving is self:
+            Broken.serving = Broken.waiting.popleft() if Broken.waiting else None
+            if Broken.serving is not None and Broken.serving.transport is not None:
+                Broken.serving.transport.resume_reading()
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -93,6 +145,12 @@ class Broken(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         if self.over_at is not None and loop.time() - self.over_at > LINGER:
             return
+        ends_at_nul = self.defect == "stops-at-nul" and b"\0" in data
+        if ends_at_nul:
+            data = data[: data.index(b"\0")]
+            if not data:
+                self.close()
+                return
         size = CHUNK_SIZE + 1 if self.defect == "chunks-of-21" else CHUNK_SIZE
         chunks = cut(data, size)
         # One write per batch, built in bulk, as a fast server does: it reads megabytes
@@ -101,16 +159,31 @@ class Broken(asyncio.Protocol):
             self.send(b"".join(chunk + chunk for chunk in chunks))
         elif self.defect == "chunks-of-21":
             self.send(b"".join(chunk + chunk[::-1] for chunk in chunks))
+        elif self.defect == "text-not-bytes":
+            text = data.decode("utf-8", "replace")
+            parts = [text[i : i + CHUNK_SIZE] for i in range(0, len(text), CHUNK_SIZE)]
+            self.send("".join(part + part[::-1] for part in parts).encode())
         else:
             self.send(batch_reply(data))
+        if ends_at_nul:
+            self.close()
+            return
         last = chunks[-1]
         closes = last == CLOSE_CHUNK
         if self.defect == "closes-on-lookalike":
-            closes = last.strip().lower() == CLOSE_CHUNK
+            closes = CLOSE_CHUNK in last.lower()
+        elif self.defect == "watches-the-stream":
+            self.tail = (self.tail + data)[-len(CLOSE_CHUNK) :]
+            closes = self.tail == CLOSE_CHUNK
         if not closes or self.defect == "never-closes":
             return
         if self.defect == "exits-on-over":
             os._exit(EXIT_STATUS)
+        if self.defect == "resets-after-over":
+            sock = self.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+            return
         if self.defect == "answers-after-over":
             self.over_at = loop.time()
             loop.call_later(LINGER, self.transport.close)
@@ -121,6 +194,8 @@ class Broken(asyncio.Protocol):
         self.close()
 
     def eof_received(self) -> bool:
+        if self.defect == "ignores-eof":
+            return True
         if self.defect == "drops-queue-on-eof":
             self.queue.clear()
         self.close()

@@ -5,8 +5,8 @@ echo20.conformance``), judged by its exit status, its output and its JUnit XML:
 
 * every server target (tornado, streams, iostream, protocol; asyncio and uvloop) and
   both of our clients pass;
-* a correct server with odd segmentation and timing passes, and servers that break
-  the protocol fail exactly the scenarios that catch their defect;
+* a correct server with odd segmentation and timing passes, and servers and clients
+  that break the protocol fail exactly the scenarios that catch their defect;
 * the seed's server passes and the seed's client fails, as ``docs/protocol.md`` says;
 * the runner's own behaviour: a server that will not start or dies is one line and
   exit 1, bad flags exit 2, ``--list``, ``--ready``, ``--server-addr``, reports.
@@ -43,6 +43,7 @@ RUNNER = (PYTHON, "-m", "echo20.conformance")
 HERE = Path(__file__).resolve().parent
 ODD_SERVER = HERE / "odd_timing_server.py"
 BROKEN_SERVERS = HERE / "broken_servers.py"
+BROKEN_CLIENTS = HERE / "broken_clients.py"
 
 # Runs in flight at once. Most of a run is waiting (Nagle's 40 ms on the Tornado
 # targets, the client scenarios' pauses), so three share two cores well.
@@ -136,15 +137,52 @@ BROKEN: dict[str, tuple[str, set[str]]] = {
     ),
     "chunks-of-21": ("message_of_size", {"message_of_size[21B]", "message_of_size[45B]"}),
     "closes-on-lookalike": (
-        "lookalike",
+        "lookalike or 256",
         {
             f"over_lookalike_does_not_close[{name}]"
-            for name in ("OVER", "over-newline", "Over", "space-over")
+            for name in (
+                "OVER",
+                "over-newline",
+                "overtime",
+                "game-over",
+                "over-then-more",
+                "Over",
+                "space-over",
+            )
         },
     ),
+    "watches-the-stream": ("trickled", {"over_trickled_byte_by_byte_does_not_close"}),
     "never-closes": (
         "closes or half_close_gets_every_reply",
         {"over_closes", "over_after_other_messages_closes", "24_bytes_ending_in_over_closes"},
+    ),
+    "resets-after-over": (
+        "over_closes or bytes_after_over or tornado_client",
+        {
+            "over_closes",
+            "24_bytes_ending_in_over_closes",
+            "server_close_is_stream_closed_for_tornado_client",
+        },
+    ),
+    # One half-close scenario: each waits out the timeout on this server.
+    "ignores-eof": (
+        "half_close_gets_every_reply and 0B or over_closes",
+        {"half_close_gets_every_reply[0B]"},
+    ),
+    "text-not-bytes": (
+        "utf8 or 256 or nul_bytes",
+        {"invalid_utf8", "utf8_split_across_chunk_border", "all_256_byte_values"},
+    ),
+    "stops-at-nul": (
+        "nul_bytes or over_closes",
+        {f"nul_bytes[{name}]" for name in ("one", "twenty", "forty-five", "mixed", "before-over")},
+    ),
+    # Only the concurrent scenario: the connections it leaves waiting would keep this
+    # server from answering any scenario after it.
+    "serves-one-at-a-time": ("concurrent or over_closes", {"200_concurrent_connections"}),
+    "drops-everyone-on-reset": (
+        "client_reset or over_closes",
+        {"client_reset_does_not_disturb_others"},
     ),
 }
 BROKEN_RUNS = [
@@ -156,9 +194,78 @@ BROKEN_RUNS = [
             "-k",
             keyword,
         ),
+        # The scenario seen through Tornado's client is skipped without it.
+        requires=("tornado",) if "tornado_client" in keyword else (),
         timeout=BROKEN_TIMEOUT,
     )
     for defect, (keyword, _) in BROKEN.items()
+]
+
+# Each client defect, the scenarios run against it (-k), and exactly those that must
+# fail, each with what its failure must say: the check that catches the defect.
+BROKEN_CLIENT: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
+    "sends-after-over": (
+        "one_segment or input_ends",
+        {"replies[one_segment]": ("sent b'after over: never sent' after over's reply",)},
+    ),
+    "says-over-at-end": (
+        "one_segment or input_ends",
+        {"replies[input_ends_without_over]": ("sent b'over' beyond its input",)},
+    ),
+    "trusts-the-reply": (
+        "one_segment or uneven_cut or garbage",
+        {
+            "replies[uneven_cut]": ("its output is not the transcript: line 3",),
+            "server_fault[garbage]": ("its output is not the transcript: 2 lines more",),
+        },
+    ),
+    "swallows-errors": (
+        "one_segment or closed_early or no_server",
+        {
+            name: ("yet it exited with status 0", "it failed without a word on stderr")
+            for name in ("server_fault[closed_early]", "cannot_connect[no_server]")
+        },
+    ),
+    "goes-on-after-fault": (
+        "one_segment or garbage",
+        {"server_fault[garbage]": ("the client went on, sending",)},
+    ),
+    "stops-at-empty-line": (
+        "one_segment or closed_early",
+        {"replies[one_segment]": ("it stopped after 2 of 8 messages",)},
+    ),
+    "fails-after-over": (
+        "one_segment or input_ends",
+        {"replies[one_segment]": ("it failed: exit status 1",)},
+    ),
+    "connection-per-message": (
+        "one_segment or no_server",
+        {"replies[one_segment]": ("the client opened a second connection",)},
+    ),
+    "drops-undecodable-bytes": (
+        "one_segment or no_server",
+        {
+            "replies[one_segment]": (
+                "expected b'\\xff\\xfe not UTF-8', got b' not UTF-8' and the end",
+            )
+        },
+    ),
+}
+# The broken clients' own reply timeout: the runner's (BROKEN_TIMEOUT) must be longer.
+BROKEN_CLIENT_TIMEOUT = 1
+BROKEN_CLIENT_RUNS = [
+    Run(
+        f"broken-client-{defect}",
+        (
+            "--client-cmd",
+            f"python {shlex.quote(str(BROKEN_CLIENTS))} --defect {defect} --port {{port}} "
+            f"--timeout {BROKEN_CLIENT_TIMEOUT}",
+            "-k",
+            keyword,
+        ),
+        timeout=BROKEN_TIMEOUT,
+    )
+    for defect, (keyword, _) in BROKEN_CLIENT.items()
 ]
 
 SEED_SERVER, SEED_CLIENT = SEED_TARGETS
@@ -220,6 +327,7 @@ ALL_RUNS = [
     *CLIENT_RUNS,
     ODD_RUN,
     *BROKEN_RUNS,
+    *BROKEN_CLIENT_RUNS,
     SEED_SERVER_RUN,
     SEED_CLIENT_RUN,
     *RUNNER_RUNS.values(),
@@ -331,6 +439,22 @@ def test_broken_server_fails_where_it_breaks(
         assert f"FAIL server {name}: " in outcome.stdout
 
 
+@pytest.mark.parametrize("run", by_id(BROKEN_CLIENT_RUNS))
+def test_broken_client_fails_where_it_breaks(
+    outcomes: dict[str, Future[Outcome]], run: Run
+) -> None:
+    outcome = outcome_of(outcomes, run)
+    _, expected = BROKEN_CLIENT[run.id.removeprefix("broken-client-")]
+    assert outcome.status == 1, outcome.explain()
+    failed = outcome.failed()
+    assert set(failed) == set(expected), outcome.explain()
+    assert len(outcome.results) > len(expected), "the other scenarios ran, and passed"
+    for name, says in expected.items():
+        assert f"FAIL client {name}: " in outcome.stdout
+        for words in says:
+            assert words in failed[name], outcome.explain()
+
+
 # --- the seed -----------------------------------------------------------------------
 
 
@@ -351,6 +475,7 @@ def test_seed_client_fails_as_documented(outcomes: dict[str, Future[Outcome]], r
     assert "did not exit" in failed["replies[one_segment]"]
     # Halves apart, it gets through but prints the class and sends the CR of a line.
     assert "not the transcript" in failed["replies[halves_apart]"]
+    assert "the server saw: message 5: expected b'a" in failed["replies[halves_apart]"]
 
 
 # --- the runner's own behaviour -----------------------------------------------------

@@ -13,13 +13,20 @@ time) is only recorded.
 from __future__ import annotations
 
 import asyncio
-import statistics
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 
+from echo20.conformance.observe import (
+    LATE_BYTES,
+    OVER_REPLY,
+    answer_to_bytes_after_over,
+    batches_of,
+    close_after_over,
+    receive_over_reply,
+    round_trip,
+)
 from echo20.conformance.plugin import ServerUnderTest
 from echo20.conformance.wire import (
     CLOSE_CHUNK,
@@ -44,8 +51,6 @@ ONE_MIB = MIB
 # the server itself when the end of stream (or ``over``) arrives.
 BEYOND_BUFFERS = 8 * MIB
 
-OVER_REPLY = CLOSE_CHUNK + CLOSE_CHUNK[::-1]
-
 RecordProperty = Callable[[str, object], None]
 
 
@@ -59,11 +64,6 @@ async def connected(server: ServerUnderTest) -> AsyncIterator[Peer]:
         await peer.close()
 
 
-async def receive_over_reply(peer: Peer) -> None:
-    reply = await peer.receive(len(OVER_REPLY))
-    assert reply == OVER_REPLY, f"over's reply was {reply!r}, not {OVER_REPLY!r}"
-
-
 async def assert_still_open(peer: Peer) -> None:
     """The connection still answers; then ``over`` closes it, seen as end of stream."""
     await peer.exchange(b"still open?")
@@ -72,14 +72,15 @@ async def assert_still_open(peer: Peer) -> None:
     await peer.assert_eof()
 
 
-def record_batches(sizes: list[int], record_property: RecordProperty) -> None:
-    """Record the longest run of full chunks up to a shorter one (for reports only).
+def record_batches(batches: list[int], record_property: RecordProperty) -> None:
+    """Record how many batches the reply shows, and the largest (for reports only).
 
-    It bounds the largest batch the server answered from above: a batch whose size is a
-    multiple of 20 cannot be told from the next one. How much is waiting when a server
-    reads is timing, so nothing is asserted.
+    A batch is a run of full chunks up to a shorter one: an upper bound, since a batch
+    whose size is a multiple of 20 cannot be told from the next one. How much is
+    waiting when a server reads is timing, so nothing is asserted.
     """
-    record_property("largest_batch", max(batch_sizes(sizes)))
+    record_property("batches", len(batches))
+    record_property("largest_batch", max(batches))
 
 
 # --- sizes and byte values ----------------------------------------------------------
@@ -101,8 +102,7 @@ async def test_message_of_1_mib(
 ) -> None:
     async with connected(server_under_test) as peer:
         # Arrives in batches the server cannot predict: the invariants, not an exact cut.
-        await peer.exchange(sample(ONE_MIB, seed=1))
-        record_batches(peer.last_sizes, record_property)
+        record_batches(await batches_of(peer, ONE_MIB), record_property)
         await assert_still_open(peer)
 
 
@@ -160,11 +160,13 @@ async def test_utf8_split_across_chunk_border(server_under_test: ServerUnderTest
 
 
 @run_async
-async def test_over_closes(server_under_test: ServerUnderTest) -> None:
+async def test_over_closes(
+    server_under_test: ServerUnderTest, record_property: RecordProperty
+) -> None:
     async with connected(server_under_test) as peer:
-        await peer.send(b"over")
-        await receive_over_reply(peer)
-        await peer.assert_eof()
+        closed_after = await close_after_over(peer)
+    # How long the end of stream took after over's reply: recorded, never asserted.
+    record_property("close_after_over_ms", round(closed_after, 3))
 
 
 @run_async
@@ -223,18 +225,9 @@ async def test_bytes_after_over_get_no_answer(server_under_test: ServerUnderTest
     # ``overrevo`` answers these at once, so this fails it whatever its delay.
     async with connected(server_under_test) as peer:
         await peer.exchange(b"hello")
-        await peer.send(CLOSE_CHUNK)
-        await receive_over_reply(peer)
-        late = b"anyone still there?"
-        peer.write(late)
-        try:
-            async with asyncio.timeout(peer.timeout):
-                await peer.writer.drain()
-        except ConnectionError:
-            pass  # the server had closed: our bytes met a reset, as they may
-        rest = await peer.receive_until_eof(reset_ok=True)
+        rest = await answer_to_bytes_after_over(peer)
         assert rest == b"", (
-            f"the server answered {rest[:48]!r} to {late!r}, sent after over's reply"
+            f"the server answered {rest[:48]!r} to {LATE_BYTES!r}, sent after over's reply"
         )
 
 
@@ -353,7 +346,7 @@ async def test_client_sends_1_mib_before_reading(
         message = sample(ONE_MIB, seed=3)
         await peer.send(message)
         reply = await peer.receive(2 * len(message))
-        record_batches(check_reply(message, reply), record_property)
+        record_batches(batch_sizes(check_reply(message, reply)), record_property)
         await assert_still_open(peer)
 
 
@@ -410,7 +403,7 @@ async def test_half_close_beyond_kernel_buffers(
         await peer.close()
     assert_whole(peer, 2 * len(message))
     assert not peer.reset, "a reset after the whole reply, where the end of stream belongs"
-    record_batches(check_reply(message, bytes(peer.received)), record_property)
+    record_batches(batch_sizes(check_reply(message, bytes(peer.received))), record_property)
 
 
 # ``over`` follows once this much reply is still owed: more than a server's kernel
@@ -454,7 +447,7 @@ async def test_over_ends_input_beyond_kernel_buffers(
         await peer.close()
     assert_whole(peer, 2 * len(sent))
     assert not peer.reset, "a reset after the whole reply, where the end of stream belongs"
-    record_batches(sizes, record_property)
+    record_batches(batch_sizes(sizes), record_property)
 
 
 @run_async
@@ -480,8 +473,6 @@ async def test_server_close_is_stream_closed_for_tornado_client(
 
 # --- timing, recorded for the report, never asserted -------------------------------
 
-RTT_EXCHANGES = 20
-
 
 @run_async
 async def test_round_trip_of_8_bytes(
@@ -489,11 +480,6 @@ async def test_round_trip_of_8_bytes(
 ) -> None:
     # The seed's server leaves Nagle on: its second small write waits for the client's
     # delayed ACK, about 40 ms. Recorded for reports; no assertion on it.
-    times: list[float] = []
     async with connected(server_under_test) as peer:
-        for index in range(RTT_EXCHANGES):
-            message = f"rtt {index:04d}".encode()
-            started = time.perf_counter()
-            await peer.exchange(message)
-            times.append(time.perf_counter() - started)
-    record_property("rtt_median_ms", round(statistics.median(times) * 1000, 3))
+        median = await round_trip(peer)
+    record_property("rtt_median_ms", round(median, 3))

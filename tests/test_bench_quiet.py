@@ -1,0 +1,139 @@
+"""Quiet runs: what the benchmark notices about the machine around each cell, and
+``--strict``, which writes no report when something else shaped a cell's numbers.
+
+A busy process of the test's own, pinned to the server's CPU, makes the contention;
+the machine's own noise can only add to it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import PYTHON, TIMEOUT
+from test_bench import QUICK, bench
+
+from echo20.bench.environment import MachineSample, busy_processes
+from echo20.bench.measure import Load, Run, run_flags
+from echo20.bench.processes import (
+    OTHER_BUSY_PCT,
+    Pinning,
+    choose_cpus,
+    measure_idle_shares,
+    prime,
+    start_target,
+)
+from echo20.bench.targets import Target, Wire
+from echo20.bench.tools import build_tools
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the benchmark needs cc")
+
+
+@pytest.fixture
+def hog() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that keeps the server's CPU (the first usable one) busy."""
+    process = subprocess.Popen([PYTHON, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(process.pid, {min(os.sched_getaffinity(0))})
+        yield process
+    finally:
+        process.kill()
+        process.wait(TIMEOUT)
+
+
+def test_strict_writes_no_report_when_another_process_was_busy(
+    bench_out: Path, hog: subprocess.Popen[bytes]
+) -> None:
+    result = bench(
+        "run", "--targets", "c", "--connections", "1", "--sizes", "8", *QUICK,
+        "--strict", "--out", str(bench_out),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("echo20-bench: --strict: c-epoll 1 × 8 B closed ")
+    assert "others-busy" in result.stderr
+    assert f"(pid {hog.pid})" in result.stderr
+    assert "no report written" in result.stderr
+    assert not (bench_out / "bench.json").exists()
+    assert not (bench_out / "bench.md").exists()
+
+
+def test_a_busy_process_is_named_and_an_idle_one_is_not(hog: subprocess.Popen[bytes]) -> None:
+    idle = subprocess.Popen([PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        before = MachineSample.take()
+        time.sleep(0.3)  # sleep-ok: CPU time accrues over an interval
+        after = MachineSample.take()
+    finally:
+        idle.communicate(b"", timeout=TIMEOUT)
+    busy = busy_processes(before, after, exclude=set(), least_pct=OTHER_BUSY_PCT)
+    assert any(text.startswith("python") and f"(pid {hog.pid}) " in text for text in busy), busy
+    assert not any(f"(pid {idle.pid}) " in text for text in busy), busy
+    assert busy_processes(before, after, exclude={hog.pid}, least_pct=OTHER_BUSY_PCT) == [
+        text for text in busy if f"(pid {hog.pid}) " not in text
+    ]
+
+
+def test_each_sign_of_a_busy_machine_is_a_flag() -> None:
+    pinning = Pinning(0, 1, "pinned")
+    quiet = Run(loadavg_1m=0.1, steal_pct=0.0, idle_cpu_pct=0.0)
+    assert run_flags(quiet, pinning, Load(0.1, 0.1)) == []
+    usable = len(os.sched_getaffinity(0))
+    noisy = Run(
+        loadavg_1m=usable + 1.5,
+        steal_pct=5.0,
+        idle_cpu_pct=70.0,
+        others_during=["python3 (pid 4242) 87 %"],
+        others_before=["python3 (pid 4242) 90 %"],
+        other_server_cpu_pct=40.0,
+        loadgen_cpu_pct=99.0,
+        server_cpu_pct=30.0,
+    )
+    flags = run_flags(noisy, pinning, Load(0.1, 0.1))
+    assert set(flags) == {
+        "loadgen-bound", "contended", "others-busy", "others-before", "steal", "loaded",
+        "busy-idle",
+    }  # fmt: skip
+
+
+def test_a_server_that_spins_when_idle_is_stopped_between_its_cells(
+    tmp_path: Path, built_c_programs: Path
+) -> None:
+    """veloxloop 0.2's sock_* calls spin: the sockets server on it would take the CPU of
+    every other target's cells, so it is stopped while they run."""
+    tools = build_tools(built_c_programs)
+    cpu = choose_cpus(True).server_cpu
+    server = start_target(
+        Target("sockets", "veloxloop"), tools=tools, wire=Wire(), log_dir=tmp_path, cpu=cpu
+    )
+    try:
+        prime(server)
+        measure_idle_shares([server])
+        assert server.spins, server.idle_share
+        server.pause()
+        assert os.WIFSTOPPED(child_status_change(server.process.pid, os.WUNTRACED))
+        server.resume()
+        assert os.WIFCONTINUED(child_status_change(server.process.pid, os.WCONTINUED))
+        server.pause()
+    finally:
+        # Stopping a stopped server continues it first: it still exits cleanly.
+        assert server.stop() == 0
+
+
+def child_status_change(pid: int, option: int) -> int:
+    """waitpid's status once the child stops or continues (``option``), within TIMEOUT."""
+    changed: list[int] = []
+    waiter = threading.Thread(
+        target=lambda: changed.append(os.waitpid(pid, option)[1]), daemon=True
+    )
+    waiter.start()
+    waiter.join(TIMEOUT)
+    assert changed, f"process {pid} did not change state within {TIMEOUT} s"
+    return changed[0]
