@@ -20,6 +20,7 @@ other test must pass. ``make test-tornado`` runs this; ``tests/test_tornado_suit
 runs it under pytest. Usage::
 
     python tools/tornado_tests.py [--loop asyncio|uvloop] [--verbose] [--json FILE]
+                                  [--list-not-applicable]
 """
 
 from __future__ import annotations
@@ -405,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--verbose", action="store_true", help="one line per test")
     parser.add_argument("--json", metavar="FILE", help="write every test's outcome here")
+    parser.add_argument(
+        "--list-not-applicable",
+        action="store_true",
+        help="also print each test that does not apply, with the reason",
+    )
     args = parser.parse_args(argv)
     if args.loop == "uvloop":
         import uvloop
@@ -448,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     for test_id, (outcome, detail) in outcomes.items():
         if outcome == "skipped":
             print(f"SKIPPED  {test_id}: {detail} (the test's own condition)")
+        elif outcome == "not applicable" and args.list_not_applicable:
+            print(f"N/A      {test_id}: {detail}")
     if args.json:
         Path(args.json).write_text(
             json.dumps(
