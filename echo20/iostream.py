@@ -449,6 +449,25 @@ class IOStream(asyncio.BufferedProtocol):
                 self._consumed += size
                 return _ready(data)
             return _ready(self._consume(size))
+        if (
+            not size
+            and self._read_future is None
+            and self._transport is not None
+            and not (self._closed or self._eof or self._connection_lost)
+        ):
+            # Nothing buffered: the read waits for the next batch. _start_read's and
+            # _continue_read's usual case, spelled out: the servers wait here once per
+            # batch (and asyncio.Future() skips asyncio's Python-level create_future).
+            future = self._read_future = asyncio.Future(loop=self._loop)
+            self._read_bytes = num_bytes
+            self._read_partial = partial
+            if self._paused_reading:
+                self._resume_reading()
+            if self._writes.queued_size:
+                # Nothing more to answer until bytes arrive: send the replies now
+                # rather than at the end of the loop turn.
+                self._writes.flush()
+            return future
         future = self._start_read()
         self._read_bytes = num_bytes
         self._read_partial = partial
