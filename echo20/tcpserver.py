@@ -13,7 +13,6 @@ import asyncio
 import logging
 import socket
 import ssl as ssl_module
-import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
@@ -376,10 +375,7 @@ class TCPServer(ConnectionServer):
                 recv_buffer=self._recv_buffer,
                 on_connect=self._start_handler,
             )
-            stream._tls = TLSTransport(
-                stream, ssl, server_side=True, handshake_timeout=handshake_timeout
-            )
-            return stream._tls
+            return TLSTransport(stream, ssl, server_side=True, handshake_timeout=handshake_timeout)
 
         return make_tls_stream
 
@@ -389,9 +385,9 @@ class TCPServer(ConnectionServer):
             return
         try:
             handler = self.handle_stream(stream, address)
-        except Exception:
+        except Exception as error:
             # Never raise from a protocol callback (rloop aborts the process).
-            handler = _raised(sys.exc_info()[1])
+            handler = _raised(error)
         if handler is None:
             # A plain function, as Tornado allows: the stream is now the function's (it
             # may have handed it on), and stays open until someone closes it.
@@ -408,7 +404,6 @@ class TCPServer(ConnectionServer):
         raise NotImplementedError
 
 
-async def _raised(error: BaseException | None) -> None:
+async def _raised(error: Exception) -> None:
     """Report an exception raised by a plain handle_stream where a coroutine's goes."""
-    assert error is not None
     raise error
