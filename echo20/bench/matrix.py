@@ -191,6 +191,23 @@ def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
     if wire.tls is not None:
         env["tls"] = tls_negotiated([cell.summary for cell in ordered])
     budgets = budget_checks.evaluate(args.budgets or [], ordered)
+    problems = run_problems(skipped, failures, exit_statuses)
+    settings = run_settings(args, targets, rates, left_out, wire)
+    report.print_run(env, ordered, budgets, problems)
+    written = write_reports(out_dir, env, settings, ordered, budgets, problems)
+    print("wrote " + ", ".join(str(path) for path in written))
+    unmet = [b["budget"] for b in budgets if b["met"] is False]
+    for text in unmet:
+        print(f"{PROGRAM}: budget not met: {text}", file=sys.stderr)
+    # Too slow to measure is a result; a wrong reply, a crash or a failed start is not.
+    broken = failures or any(cell.failed for cell in ordered)
+    return 1 if broken or unmet else 0
+
+
+def run_problems(
+    skipped: list[str], failures: dict[Target, str], exit_statuses: dict[Target, int]
+) -> list[str]:
+    """What the report lists under the table: targets not run, failed, or badly stopped."""
     problems = list(skipped) + [f"{t.label}: {why}" for t, why in failures.items()]
     problems += [
         f"{t.label}: exit status {code} after SIGTERM (expected 0)"
@@ -198,9 +215,19 @@ def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
         # A --server-cmd server may well leave SIGTERM's default action (death) alone.
         if code != 0 and not (t.command and code == -signal.SIGTERM)
     ]
-    command = shlex.join([PROGRAM, *args.argv])
-    settings = {
-        "command": command,
+    return problems
+
+
+def run_settings(
+    args: argparse.Namespace,
+    targets: list[Target],
+    rates: list[str],
+    left_out: list[tuple[int, int]],
+    wire: Wire,
+) -> dict[str, Any]:
+    """The run's settings as bench.json records them, the command first."""
+    return {
+        "command": shlex.join([PROGRAM, *args.argv]),
         "targets": [t.label for t in targets],
         "connections": args.connections,
         "sizes": args.sizes,
@@ -216,15 +243,6 @@ def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
         "strict": args.strict,
         "wait_quiet_s": args.wait_quiet,
     }
-    report.print_run(env, ordered, budgets, problems)
-    written = write_reports(out_dir, env, settings, ordered, budgets, problems)
-    print("wrote " + ", ".join(str(path) for path in written))
-    unmet = [b["budget"] for b in budgets if b["met"] is False]
-    for text in unmet:
-        print(f"{PROGRAM}: budget not met: {text}", file=sys.stderr)
-    # Too slow to measure is a result; a wrong reply, a crash or a failed start is not.
-    broken = failures or any(cell.failed for cell in ordered)
-    return 1 if broken or unmet else 0
 
 
 def run_point(
