@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from echo20.errors import StreamClosedError
 from echo20.iostream import DEFAULT_READ_CHUNK_SIZE, IOStream
 from echo20.netutil import DEFAULT_BACKLOG, format_address
+from echo20.resetwatch import ResetWatch
 from echo20.tls import TLSTransport
 
 __all__ = ["Connection", "ConnectionServer", "TCPServer"]
@@ -82,6 +83,8 @@ class ConnectionServer:
         self.connections_served = 0
         self.bytes_received = 0
         self.bytes_sent = 0
+        # Off (None) unless ECHO20_RESET_WATCH is set: a debug facility.
+        self._reset_watch = ResetWatch.from_environment(self)
 
     async def listen(
         self,
@@ -183,6 +186,8 @@ class ConnectionServer:
 
     def _started(self, server: asyncio.Server) -> None:
         self._servers.append(server)
+        if self._reset_watch is not None:
+            self._reset_watch.start()
         if self.idle_timeout is not None and self._idle_sweeper is None:
             self._idle_sweeper = asyncio.get_running_loop().create_task(self._close_idle())
 
@@ -232,6 +237,8 @@ class ConnectionServer:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self._reset_watch is not None:
+            self._reset_watch.handled_by(connection, task)
 
     async def _run_handler(
         self, connection: Connection, handler: Coroutine[Any, Any, None], address: Any
@@ -269,6 +276,8 @@ class ConnectionServer:
             )
             self._refused_in_burst = 0
         self._connections.add(connection)
+        if self._reset_watch is not None:
+            self._reset_watch.watch(connection)
         return True
 
     def forget_connection(self, connection: Connection) -> None:
@@ -278,6 +287,14 @@ class ConnectionServer:
             self.connections_served += 1
             self.bytes_received += connection.bytes_read
             self.bytes_sent += connection.bytes_written
+
+    def is_tracked(self, connection: Connection) -> bool:
+        """True while ``connection`` is counted as open."""
+        return connection in self._connections
+
+    def tracked_connections(self) -> list[Connection]:
+        """The connections counted as open."""
+        return list(self._connections)
 
     @property
     def connections(self) -> int:
