@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from echo20.errors import StreamClosedError
 from echo20.iostream import DEFAULT_READ_CHUNK_SIZE, IOStream
-from echo20.netutil import DEFAULT_BACKLOG, format_address
+from echo20.netutil import DEFAULT_BACKLOG, enable_keepalive, format_address
 from echo20.resetwatch import ResetWatch
 from echo20.tls import TLSTransport
 
@@ -61,8 +61,11 @@ class ConnectionServer:
     :meth:`track_connection` and :meth:`forget_connection`; a task serving one runs
     under :meth:`run_handler`, so that :meth:`close` can wait for it.
 
-    Beyond Tornado: ``max_connections`` closes connections past the limit at once, and
-    ``idle_timeout`` closes a connection that has received nothing for that long.
+    Beyond Tornado: ``max_connections`` closes connections past the limit at once,
+    ``idle_timeout`` closes a connection that has received nothing for that long, and
+    ``keepalive`` has the kernel probe a connection silent for that many seconds, so a
+    client gone without a trace (its reset lost) is found within about that time (see
+    :func:`~echo20.netutil.enable_keepalive`).
     """
 
     def __init__(
@@ -70,9 +73,11 @@ class ConnectionServer:
         *,
         max_connections: int | None = None,
         idle_timeout: float | None = None,
+        keepalive: int | None = None,
     ) -> None:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.keepalive = keepalive
         self._servers: list[asyncio.Server] = []
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -186,6 +191,11 @@ class ConnectionServer:
 
     def _started(self, server: asyncio.Server) -> None:
         self._servers.append(server)
+        if self.keepalive:
+            # On the listening sockets: the accepted ones inherit it, at no cost per
+            # connection.
+            for sock in server.sockets:
+                enable_keepalive(sock, self.keepalive)
         if self._reset_watch is not None:
             self._reset_watch.start()
         if self.idle_timeout is not None and self._idle_sweeper is None:
