@@ -42,9 +42,9 @@ _READING = frozenset({"read", "read_partial", "_wait_for_data", "read_bytes", "_
 _DRAINING = frozenset({"drain", "_drain_helper"})
 
 
-def handler_state(task: asyncio.Task[None] | None) -> str:
-    """Where ``task`` (a connection's handler) is: ``reading``, ``draining``, ``not yet
-    started``, ``done``, or ``no task`` (the protocol server has none)."""
+def handler_state(task: asyncio.Task[None] | None, connection: object = None) -> str:
+    """Where ``task`` (the handler of ``connection``) is: ``reading``, ``draining``,
+    ``not yet started``, ``done``, or ``no task`` (the protocol server has none)."""
     if task is None:
         return "no task"
     if task.done():
@@ -58,6 +58,10 @@ def handler_state(task: asyncio.Task[None] | None) -> str:
             return "draining"
         if name in _READING:
             return "reading"
+    # The IOStream port's write() returns one of its drain waiters for the handler to
+    # await (debug code: it reads the task's and the stream's private attributes).
+    if getattr(task, "_fut_waiter", None) in getattr(connection, "_drain_waiters", ()):
+        return "draining"
     return f"in {names[-1]}" if names else "suspended"
 
 
@@ -148,7 +152,7 @@ class ResetWatch:
         self._tasks[connection] = task
 
     def _note_loss(self, connection: Connection, transport: Any) -> None:
-        state = handler_state(self._tasks.get(connection))
+        state = handler_state(self._tasks.get(connection), connection)
         try:
             unsent = transport.get_write_buffer_size()
         except Exception:  # a transport closed under it
@@ -178,6 +182,7 @@ class ResetWatch:
         log.warning("reset watch: %d connections open", len(open_now))
         for connection in open_now:
             self._report(connection, "open")
+        log.warning("reset watch: end of report")
 
     def _report(self, connection: Connection, when: str) -> None:
         task = self._tasks.get(connection)
@@ -185,7 +190,7 @@ class ResetWatch:
             "reset watch: connection %s %s; handler %s (%s; %s)\n%s",
             id(connection),
             when,
-            handler_state(task),
+            handler_state(task, connection),
             type(connection).__name__,
             _transport_state(connection),
             _stack_text(task),
