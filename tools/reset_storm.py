@@ -371,10 +371,19 @@ class Settling:
     back_at_base: float | None = None
 
 
-def settle(server: Server, base: dict[int, str], start: float, window: float) -> Settling:
-    """Watch the descriptors open now (not in ``base``) close, for at most ``window``
-    seconds from ``start``; back at base once all have and the listen queue is empty."""
-    pending = {fd: link for fd, link in server.descriptors().items() if base.get(fd) != link}
+def settle(
+    server: Server,
+    base: dict[int, str],
+    start: float,
+    window: float,
+    pending: dict[int, str] | None = None,
+) -> Settling:
+    """Watch the descriptors open now (not in ``base``), or ``pending``, close, for at
+    most ``window`` seconds from ``start``; back at base once all have and the listen
+    queue is empty."""
+    if pending is None:
+        pending = {fd: link for fd, link in server.descriptors().items() if base.get(fd) != link}
+    pending = dict(pending)
     result = Settling(len(pending), accept_queue(server.port))
     deadline = start + window
     while True:
@@ -422,7 +431,7 @@ def run_combination(
     server = Server(impl, loop_name, args.deadline, args.server_arg)
     busy = BusyLoops(args.busy, args.busy_seconds)
     failures = 0
-    slowest = 0.0
+    slowest: float | None = None
     durations: list[float] = []
     at_loss: Counter[str] = Counter()
     late_reports = 0
@@ -440,10 +449,14 @@ def run_combination(
             durations.append(ended - started)
             result = settle(server, base, ended, args.deadline)
             lines: list[str] = []
-            if result.back_at_base is None:
+            if result.back_at_base is not None and result.back_at_base > args.deadline:
+                # Back, but only at the poll just past the deadline.
+                failures += 1
+                verdict = f"FAIL: back at base in {result.back_at_base:.3f} s"
+            elif result.back_at_base is None:
                 failures += 1
                 lines += describe(result.still_open, server.port)
-                later = settle(server, base, ended, args.deadline + args.window)
+                later = settle(server, base, ended, args.deadline + args.window, result.still_open)
                 closed = [t for t in later.close_times if t > args.deadline]
                 verdict = (
                     f"FAIL: {len(result.still_open)} open {args.deadline:g} s after the last "
@@ -452,7 +465,7 @@ def run_combination(
                     + f", {len(later.still_open)} still open at {args.deadline + args.window:g} s"
                 )
             else:
-                slowest = max(slowest, result.back_at_base)
+                slowest = max(slowest or 0.0, result.back_at_base)
                 verdict = f"back at base in {result.back_at_base:.3f} s"
             counters = kernel_counters() - counters
             report = server.watch_report()
@@ -489,7 +502,9 @@ def run_combination(
     tracebacks = server.log().count("Traceback")
     print(
         f"{impl} on {loop_name}: {args.storms - failures}/{args.storms} storms back at base "
-        f"within {args.deadline:g} s (slowest {slowest:.3f} s); a storm took "
+        f"within {args.deadline:g} s"
+        + (f" (slowest {slowest:.3f} s)" if slowest is not None else "")
+        + "; a storm took "
         f"{min(durations):.1f}-{max(durations):.1f} s; handlers at their loss: "
         + (", ".join(f"{k} {v}" for k, v in sorted(at_loss.items())) or "none")
         + f"; {late_reports} still open {args.deadline:g} s after their loss"
