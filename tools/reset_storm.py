@@ -47,7 +47,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -56,6 +55,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import soak  # noqa: E402  (tools/soak.py: its server process, found beside this script)
 
 from echo20 import loops  # noqa: E402  (the project's loop table, for the client's own loop)
 
@@ -66,15 +67,12 @@ LOOPS = ("asyncio", "uvloop")
 LINGER_ZERO = struct.pack("ii", 1, 0)
 # In repair mode a socket closes without sending anything (Linux, CAP_NET_ADMIN).
 TCP_REPAIR = 19
-# Seconds for the server to start, to answer SIGUSR1, and to exit.
-SERVER_TIMEOUT = 30.0
 # Seconds for one client step (connect, send, a read) before it gives up.
 STEP_TIMEOUT = 10.0
 # How often /proc/PID/fd is read while descriptors are expected to close.
 POLL_INTERVAL = 0.005
 MESSAGE_SIZES = (100, 600)
 
-READY = re.compile(r"^echo20 listening on (?P<host>[\d.]+):(?P<port>\d+) \(loop: (?P<loop>\S+)\)$")
 # The reset watch's reports (echo20/resetwatch.py).
 TALLY = re.compile(r"reset watch: handlers when their connection was lost: (?P<tally>.*)")
 END_OF_REPORT = "reset watch: end of report"
@@ -97,60 +95,23 @@ TCP_STATES = {
 # --- the server, from the outside ------------------------------------------------------
 
 
-class Server:
-    """The server process: its port, its log, its descriptors."""
+class Server(soak.Server):
+    """The server process (soak's), with its descriptors and its reset watch's reports."""
 
-    def __init__(self, impl: str, loop: str, watch: float, extra: list[str]) -> None:
-        env = dict(os.environ, ECHO20_RESET_WATCH=str(watch))
+    def __init__(self, impl: str, loop: str, extra: list[str]) -> None:
         argv = [sys.executable, str(ROOT / "echo_server.py"), "--host", HOST, "--port", "0"]
-        self.process = subprocess.Popen(
-            [*argv, "--impl", impl, "--loop", loop, *extra],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self._stderr: list[bytes] = []
-        self._log_grew = threading.Condition()
-        self._reader = threading.Thread(target=self._drain_stderr, daemon=True)
-        self._reader.start()
-        self.port = self._wait_ready()
-
-    def _drain_stderr(self) -> None:
-        assert self.process.stderr is not None
-        while chunk := os.read(self.process.stderr.fileno(), 65536):
-            with self._log_grew:
-                self._stderr.append(chunk)
-                self._log_grew.notify_all()
-
-    def _wait_ready(self) -> int:
-        assert self.process.stdout is not None
-        stdout = self.process.stdout
-        box: list[bytes] = []
-        reader = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(SERVER_TIMEOUT)
-        match = READY.match(box[0].decode().strip()) if box else None
-        if match is None:
-            self.process.kill()
-            self.process.wait()
-            raise SystemExit(f"reset_storm: the server did not start; its log:\n{self.log()}")
-        return int(match["port"])
-
-    def log(self) -> str:
-        with self._log_grew:
-            return b"".join(self._stderr).decode("utf-8", "replace")
+        super().__init__([*argv, "--impl", impl, "--loop", loop, *extra])
+        self.wait_ready()
 
     def watch_report(self) -> str:
         """The reset watch's report, asked for with SIGUSR1: the log written since."""
         start = len(self.log())
         self.process.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + SERVER_TIMEOUT
-        with self._log_grew:
-            while END_OF_REPORT not in self.log()[start:]:
-                if not self._log_grew.wait(deadline - time.monotonic()):
-                    raise SystemExit("reset_storm: the server did not answer SIGUSR1")
+        deadline = time.monotonic() + soak.SERVER_TIMEOUT
+        while END_OF_REPORT not in self.log()[start:]:
+            if time.monotonic() > deadline:
+                raise SystemExit("reset_storm: the server did not answer SIGUSR1")
+            time.sleep(POLL_INTERVAL)  # sleep-ok: the log is read by soak's thread
         return self.log()[start:]
 
     def descriptors(self) -> dict[int, str]:
@@ -161,17 +122,6 @@ class Server:
             with contextlib.suppress(FileNotFoundError):
                 found[int(name)] = os.readlink(f"{folder}/{name}")
         return found
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            status = self.process.wait(timeout=SERVER_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            status = self.process.wait()
-        self._reader.join(SERVER_TIMEOUT)
-        return status
 
 
 class BusyLoops:
@@ -428,7 +378,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def run_combination(
     args: argparse.Namespace, impl: str, loop_name: str, plan: Plan, rng: random.Random
 ) -> bool:
-    server = Server(impl, loop_name, args.deadline, args.server_arg)
+    server = Server(impl, loop_name, args.server_arg)
     busy = BusyLoops(args.busy, args.busy_seconds)
     failures = 0
     slowest: float | None = None
@@ -614,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         finally:
             probe.close()
+    # The server's reset watch (echo20/resetwatch.py) reports late closes after a deadline.
+    os.environ["ECHO20_RESET_WATCH"] = str(args.deadline)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     print(
         f"reset_storm: seed {seed}; {plan.connections} connections a storm, "
