@@ -4,11 +4,14 @@ Set ``ECHO20_RESET_WATCH=SECONDS`` in the server's environment and every connect
 watched. When its transport reports ``connection_lost`` (a reset, or any other end), the
 watch notes where the connection's handler task was: ``reading``, ``draining``, ``not
 yet started``, ``done`` (it had ended and closed; the transport was finishing), or ``no
-task`` (the protocol server has none); and whether the transport still held unsent
-bytes (``writing``). A connection still open ``SECONDS`` after that is logged with the
-handler's stack. ``SIGUSR1`` logs the tally of those states and every connection still
-open, whether or not its loss was reported: a descriptor whose reset never reached the
-server shows up there. ``tools/reset_storm.py`` turns it on and reads the reports.
+task`` (the protocol server has none). A handler never waits inside a write (writes
+queue and return), so one that was writing when the reset came is ``draining``: waiting
+for the transport to take its replies. (The transport's own unsent bytes are gone by
+then: it drops them before it reports the loss.) A connection still open ``SECONDS``
+after its loss is logged with the handler's stack. ``SIGUSR1`` logs the tally of those
+states and every connection still open, whether or not its loss was reported: a
+descriptor whose reset never reached the server shows up there.
+``tools/reset_storm.py`` turns it on and reads the reports.
 
 It costs a task and a wrapped ``connection_lost`` per connection; without the variable
 :class:`~echo20.tcpserver.ConnectionServer` holds ``None`` and pays one attribute test
@@ -139,7 +142,7 @@ class ResetWatch:
             lost = protocol.connection_lost
 
             def connection_lost(error: Exception | None) -> None:
-                self._note_loss(connection, transport)
+                self._note_loss(connection)
                 lost(error)
 
             protocol.connection_lost = connection_lost
@@ -151,13 +154,8 @@ class ResetWatch:
         """``task`` serves ``connection``."""
         self._tasks[connection] = task
 
-    def _note_loss(self, connection: Connection, transport: Any) -> None:
-        state = handler_state(self._tasks.get(connection), connection)
-        try:
-            unsent = transport.get_write_buffer_size()
-        except Exception:  # a transport closed under it
-            unsent = 0
-        self.at_loss[f"{state}, writing" if unsent else state] += 1
+    def _note_loss(self, connection: Connection) -> None:
+        self.at_loss[handler_state(self._tasks.get(connection), connection)] += 1
 
     async def _watch(self, connection: Connection) -> None:
         try:

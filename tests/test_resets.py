@@ -18,6 +18,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from support import TIMEOUT, ServerProcess, close_with_reset, echo_server_argv, start_server
@@ -40,14 +41,19 @@ TCP_REPAIR = 19
 # Connections of each kind per server.
 EACH = 8
 SMALL = b"a message, then the client is gone" * 10
-# A reply of 4 MiB to a client that reads 1 KiB of it through a small receive buffer is
-# more than the kernel holds on the server's side: the server is still writing (its
-# handler waits in drain(), or for its write) when the reset comes. The 2 MiB message
-# fits in the buffers on the way in, so sending it does not block.
-LARGE = b"x" * (2 * 1024 * 1024)
+# The most a TCP socket's send buffer grows to here (net.ipv4.tcp_wmem).
+SNDBUF_MAX = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+# Its reply, 1.5 times that, to a client that reads 1 KiB of it through a small receive
+# buffer, is more than the kernel holds on the server's side: the server ends up
+# waiting to write (a streams handler in drain(), an IOStream one for its write) with
+# the rest. On the way in the server reads about half of it before that, so the rest
+# fits in the buffers and sending it does not block.
+LARGE = b"x" * (SNDBUF_MAX * 3 // 4)
 SMALL_RCVBUF = 4096
 DRAINING = 2
 POLL_INTERVAL = 0.005
+# The reset watch's report ends with this line.
+END_OF_REPORT = "reset watch: end of report"
 
 
 def open_fds(pid: int) -> int:
@@ -200,9 +206,22 @@ def test_vanished_client_is_dropped_by_keepalive(
         )
 
 
+def watch_report(server: ServerProcess) -> str:
+    """The reset watch's report, asked for with SIGUSR1."""
+    before = server.stderr_text()
+    reports = before.count(END_OF_REPORT)
+    server.process.send_signal(signal.SIGUSR1)
+    wait_until(
+        lambda: server.stderr_text().count(END_OF_REPORT) > reports,
+        time.monotonic() + TIMEOUT,
+        "the reset watch's report",
+    )
+    return server.stderr_text()[len(before) :]
+
+
 def test_reset_watch_reports_where_handlers_were() -> None:
-    """ECHO20_RESET_WATCH: SIGUSR1 logs where each lost connection's handler was, and
-    every open connection with its handler's place."""
+    """ECHO20_RESET_WATCH: SIGUSR1 logs every open connection with where its handler
+    is, and where each lost connection's handler was when the loss came."""
     argv = echo_server_argv("--impl", "streams", "--loop", "asyncio")
     server = start_server(["env", "ECHO20_RESET_WATCH=1", *argv])
     try:
@@ -216,20 +235,18 @@ def test_reset_watch_reports_where_handlers_were() -> None:
                 sock.sendall(SMALL)
                 recv_exactly(sock, 2 * len(SMALL))
                 close_with_reset(sock)
-            sock = connect(server, rcvbuf=SMALL_RCVBUF)
-            sock.sendall(LARGE)
-            recv_exactly(sock, 1024)
-            close_with_reset(sock)
+            draining = connect(server, rcvbuf=SMALL_RCVBUF)
+            draining.sendall(LARGE)
+            recv_exactly(draining, 1024)
+            # The report shows the handler draining; then the reset comes.
+            deadline = time.monotonic() + TIMEOUT
+            while "handler draining" not in (report := watch_report(server)):
+                assert time.monotonic() < deadline, f"no handler draining: {report}"
+            close_with_reset(draining)
             wait_until(fds_at(pid, baseline), time.monotonic() + TIMEOUT, "the resets closed")
-            server.process.send_signal(signal.SIGUSR1)
-            wait_until(
-                lambda: "reset watch: end of report" in server.stderr_text(),
-                time.monotonic() + TIMEOUT,
-                "the reset watch's report",
-            )
-        log = server.stderr_text()
-        assert "handlers when their connection was lost: draining=1, reading=3" in log, log
-        assert "1 connections open" in log, log
-        assert "open; handler reading (StreamConnection" in log, log
+            report = watch_report(server)
+        assert "handlers when their connection was lost: draining=1, reading=3" in report, report
+        assert "1 connections open" in report, report
+        assert "open; handler reading (StreamConnection" in report, report
     finally:
         server.stop()

@@ -27,9 +27,9 @@ queue) within ``--deadline`` seconds. A storm that misses it is watched ``--wind
 seconds more (a late close or a leak?), and the kernel's view of each descriptor still
 open is printed: its TCP state, and whether its client's socket still exists. After
 every storm the server's reset watch reports (SIGUSR1) where each handler was when its
-connection was lost: reading, draining, not yet started, done (``, writing``: the
-transport still held unsent bytes); and any connection still open a deadline after its
-loss, with the handler's stack (``--show-log`` prints those).
+connection was lost: reading, draining (a handler writing when the reset came waits
+for the transport there), not yet started, done; and any connection still open a
+deadline after its loss, with the handler's stack (``--show-log`` prints those).
 
 One line per storm, one summary per combination; exit status 1 if any storm failed.
 """
@@ -364,7 +364,6 @@ def parse_tally(report: str) -> Counter[str]:
     tally: Counter[str] = Counter()
     if match and match["tally"] != "none":
         for item in match["tally"].split(", "):
-            # "not yet started, writing=3": the state may hold a comma, the count never.
             state, _, count = item.rpartition("=")
             tally[state] += int(count)
     return tally
