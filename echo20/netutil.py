@@ -15,9 +15,12 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_BACKLOG",
+    "DEFAULT_KEEPALIVE",
+    "KEEPALIVE_PROBES",
     "abort_with_reset",
     "bind_sockets",
     "close_gracefully",
+    "enable_keepalive",
     "format_address",
     "inherited_sockets",
     "is_connection_reset",
@@ -29,6 +32,13 @@ log = logging.getLogger("echo20.netutil")
 
 # SO_LINGER on, timeout 0: close() sends a reset and drops unsent bytes.
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+
+# Seconds a connection may be silent before the kernel probes it (--keepalive): a client
+# whose reset was lost answers the first probe with a new one (docs/hardening.md).
+DEFAULT_KEEPALIVE = 1
+# Probes left unanswered before the kernel gives a connection up: a host that is still
+# there answers at once, so only one that stays silent this many intervals is dropped.
+KEEPALIVE_PROBES = 60
 
 # Tornado's listen backlog (tornado.netutil._DEFAULT_BACKLOG): the length of the queue of
 # connections the kernel completes before the server accepts them.
@@ -68,6 +78,35 @@ def bind_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
             sock.close()
         raise
     return sockets
+
+
+def enable_keepalive(sock: Any, idle: int) -> None:
+    """TCP keepalive on ``sock``: a probe once a connection has been silent ``idle``
+    seconds, then every ``idle`` seconds, given up after :data:`KEEPALIVE_PROBES`.
+
+    Set on a listening socket, every connection it accepts inherits it (Linux copies
+    the options to the accepted socket): no system call per connection. The point is the
+    client that is gone without the server hearing of it. A reset is sent once and
+    never again; when the kernel drops it (the loopback queue overflows when CPUs are
+    saturated, ``net.core.netdev_max_backlog``), the server's socket stays established
+    and its handler waits for bytes that will not come. The first probe draws a new
+    reset from the client's host, and the connection closes as after any reset.
+    ``sock`` is a socket or an event loop's stand-in for one; not TCP: nothing to do.
+    """
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    # TCP_KEEPIDLE is Linux's name; macOS calls it TCP_KEEPALIVE.
+    keepidle = getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if keepidle is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, keepidle, idle)
+        if hasattr(socket, "TCP_KEEPINTVL"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    except OSError as error:
+        # Keepalive is a safety net, not a reason to refuse to serve.
+        log.warning("cannot enable TCP keepalive: %s", error)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

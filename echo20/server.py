@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from echo20 import cli, runtime, supervisor
-from echo20.netutil import DEFAULT_BACKLOG, format_address, inherited_sockets
+from echo20.netutil import DEFAULT_BACKLOG, DEFAULT_KEEPALIVE, format_address, inherited_sockets
 from echo20.servers import DEFAULT_IMPLEMENTATION, IMPLEMENTATIONS, EchoServer
 
 __all__ = ["build_parser", "main", "serve"]
@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=cli.positive_float,
         metavar="SECONDS",
         help="close a connection that sent nothing for this long (default: never, as Tornado)",
+    )
+    limits.add_argument(
+        "--keepalive",
+        type=cli.non_negative_int,
+        default=DEFAULT_KEEPALIVE,
+        metavar="SECONDS",
+        help="TCP keepalive: probe a connection silent this long, so a client whose reset "
+        "was lost is dropped; 0: off",
     )
     limits.add_argument(
         "--backlog", type=cli.positive_int, default=DEFAULT_BACKLOG, help="listen queue length"
@@ -151,6 +159,7 @@ async def serve(
         text=args.text,
         max_connections=args.max_connections or max(1, open_files - RESERVED_FDS),
         idle_timeout=args.idle_timeout,
+        keepalive=args.keepalive or None,
     )
     try:
         await listen(server, args, tls, inherited)

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 from echo20.errors import StreamClosedError
 from echo20.iostream import DEFAULT_READ_CHUNK_SIZE, IOStream, SSLIOStream
-from echo20.netutil import DEFAULT_BACKLOG, format_address
+from echo20.netutil import DEFAULT_BACKLOG, enable_keepalive, format_address
+from echo20.resetwatch import ResetWatch
 from echo20.tls import TLSTransport
 
 __all__ = ["Connection", "ConnectionServer", "TCPServer"]
@@ -60,8 +61,11 @@ class ConnectionServer:
     :meth:`track_connection` and :meth:`forget_connection`; a task serving one runs
     under :meth:`run_handler`, so that :meth:`close` can wait for it.
 
-    Beyond Tornado: ``max_connections`` closes connections past the limit at once, and
-    ``idle_timeout`` closes a connection that has received nothing for that long.
+    Beyond Tornado: ``max_connections`` closes connections past the limit at once,
+    ``idle_timeout`` closes a connection that has received nothing for that long, and
+    ``keepalive`` has the kernel probe a connection silent for that many seconds, so a
+    client gone without a trace (its reset lost) is found within about that time (see
+    :func:`~echo20.netutil.enable_keepalive`).
     """
 
     def __init__(
@@ -69,9 +73,11 @@ class ConnectionServer:
         *,
         max_connections: int | None = None,
         idle_timeout: float | None = None,
+        keepalive: int | None = None,
     ) -> None:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.keepalive = keepalive
         self._servers: list[asyncio.Server] = []
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -82,6 +88,8 @@ class ConnectionServer:
         self.connections_served = 0
         self.bytes_received = 0
         self.bytes_sent = 0
+        # Off (None) unless ECHO20_RESET_WATCH is set: a debug facility.
+        self._reset_watch = ResetWatch.from_environment(self)
 
     async def listen(
         self,
@@ -183,6 +191,13 @@ class ConnectionServer:
 
     def _started(self, server: asyncio.Server) -> None:
         self._servers.append(server)
+        if self.keepalive:
+            # On the listening sockets: the accepted ones inherit it, at no cost per
+            # connection.
+            for sock in server.sockets:
+                enable_keepalive(sock, self.keepalive)
+        if self._reset_watch is not None:
+            self._reset_watch.start()
         if self.idle_timeout is not None and self._idle_sweeper is None:
             self._idle_sweeper = asyncio.get_running_loop().create_task(self._close_idle())
 
@@ -230,6 +245,8 @@ class ConnectionServer:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self._reset_watch is not None:
+            self._reset_watch.handled_by(connection, task)
 
     async def _run_handler(
         self, connection: Connection, handler: Awaitable[Any], address: Any
@@ -271,6 +288,8 @@ class ConnectionServer:
             )
             self._refused_in_burst = 0
         self._connections.add(connection)
+        if self._reset_watch is not None:
+            self._reset_watch.watch(connection)
         return True
 
     def forget_connection(self, connection: Connection) -> None:
@@ -280,6 +299,14 @@ class ConnectionServer:
             self.connections_served += 1
             self.bytes_received += connection.bytes_read
             self.bytes_sent += connection.bytes_written
+
+    def is_tracked(self, connection: Connection) -> bool:
+        """True while ``connection`` is counted as open."""
+        return connection in self._connections
+
+    def tracked_connections(self) -> list[Connection]:
+        """The connections counted as open."""
+        return list(self._connections)
 
     @property
     def connections(self) -> int:
