@@ -71,8 +71,11 @@ SOAK_ARGS ?=
 soak: $(STAMP)
 	$(BIN)/python tools/soak.py $(SOAK_ARGS)
 
+# Two pytest workers, each given whole files (a file's session fixtures run once): most
+# tests wait on sockets and processes, so two halve the wall time on 2 cores.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Tornado 6.6.1's own iostream, tcpserver and tcpclient tests, unchanged, against the port
 # (fetched from its sdist on PyPI once, into .cache/), on both loops: how many apply,

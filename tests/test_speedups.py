@@ -76,7 +76,9 @@ def test_any_contiguous_buffer_counts_by_its_bytes() -> None:
     assert speedups.reverse_each_chunk(numbers) == pure_reversal(raw)
 
 
-@pytest.mark.parametrize("argument", [None, 20, "text", [b"a"], object()], ids=repr)
+@pytest.mark.parametrize(
+    "argument", [None, 20, "text", [b"a"], object()], ids=lambda argument: type(argument).__name__
+)
 @pytest.mark.parametrize("name", ["build_reply", "reverse_each_chunk"])
 def test_a_non_buffer_argument_is_a_type_error(name: str, argument: object) -> None:
     with pytest.raises(TypeError, match="bytes-like object is required"):
