@@ -94,13 +94,13 @@ async def test_streams_server_answers_a_pipelined_burst_in_one_send(
 ) -> None:
     """200 bytes are ten chunks: ten writes in one loop turn, one transport write."""
     sent: list[int] = []
-    real_send = CoalescingWriter._send
+    real_send = CoalescingWriter._to_transport
 
     def counting_send(self: CoalescingWriter, data: WriteBuffer) -> None:
         sent.append(len(data))
         real_send(self, data)
 
-    monkeypatch.setattr(CoalescingWriter, "_send", counting_send)
+    monkeypatch.setattr(CoalescingWriter, "_to_transport", counting_send)
     async with echo_server_on("streams") as address:
         reader, writer = await asyncio.open_connection(*address)
         message = bytes(range(200))
