@@ -54,17 +54,6 @@ def loopback_host(text: str) -> str:
     return text
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type for seconds that may be 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
-
-
 def server_command(text: str) -> str:
     """argparse type for ``--server-cmd``: a command line with ``{port}`` in it."""
     try:
@@ -257,7 +246,7 @@ def add_run_command(commands: Subcommands) -> None:
     )
     run.add_argument(
         "--wait-quiet",
-        type=non_negative_float,
+        type=cli.non_negative_float,
         default=0.0,
         metavar="SECONDS",
         help="before each cell, wait up to this long for other processes to stop using "
