@@ -59,6 +59,7 @@ from echo20.netutil import (
     is_connection_reset,
     start_lingering_close,
 )
+from echo20.protocol import MAX_BATCH_SIZE
 from echo20.tls import TLSTransport, ssl_context_from_options
 
 __all__ = [
@@ -75,9 +76,10 @@ _T = TypeVar("_T")
 # For annotations inside IOStream, whose ``socket`` attribute hides the module there.
 _Socket = socket.socket
 
-# Tornado's defaults: 64 KiB per socket read, and 100 MiB of buffered input at most for a
-# read that waits for a delimiter or the end of stream.
-DEFAULT_READ_CHUNK_SIZE = 64 * 1024
+# Tornado's defaults: 64 KiB per socket read (the core's MAX_BATCH_SIZE, the longest batch
+# Tornado cuts into chunks, is this same read), and 100 MiB of buffered input at most for
+# a read that waits for a delimiter or the end of stream.
+DEFAULT_READ_CHUNK_SIZE = MAX_BATCH_SIZE
 DEFAULT_MAX_BUFFER_SIZE = 100 * 1024 * 1024
 
 # Received bytes nobody is reading yet: above this much, stop reading from the socket
