@@ -23,7 +23,7 @@ from echo20.bench import report
 from echo20.bench.environment import describe, load_average
 from echo20.bench.matrix import matrix_points, prepare, progress_bar
 from echo20.bench.measure import LOADGEN_GRACE, Load, Run, measure
-from echo20.bench.processes import Pinning, prime, read_line, read_status_kib
+from echo20.bench.processes import Pinning, Server, prime, read_line, read_status_kib
 from echo20.bench.processes import start_target as launch
 from echo20.bench.stats import Cell
 from echo20.bench.targets import Target, Wire
@@ -38,6 +38,16 @@ PROGRAM = "echo20-bench"
 IDLE_HEADERS = ("target", "baseline RSS MiB", "RSS MiB", "KiB / connection", "server fds", "notes")
 COLD_HEADERS = ("target", "conns", "size", "cold CPU µs/rt", "warm CPU µs/rt", "cold / warm",
                 "notes")  # fmt: skip
+
+
+def launch_over_tcp(
+    target: Target, tools: Tools, args: argparse.Namespace, pinning: Pinning, out_dir: Path
+) -> Server:
+    """Start ``target`` on ``--host`` over TCP, pinned as the run says (idle and
+    cold-start measure TCP only)."""
+    return launch(
+        target, tools=tools, wire=Wire(args.host), log_dir=out_dir / "logs", cpu=pinning.server_cpu
+    )
 
 
 def command_idle(args: argparse.Namespace) -> int:
@@ -104,13 +114,7 @@ def idle_one(
         "error": None,
     }
     try:
-        server = launch(
-            target,
-            tools=tools,
-            wire=Wire(args.host),
-            log_dir=out_dir / "logs",
-            cpu=pinning.server_cpu,
-        )
+        server = launch_over_tcp(target, tools, args, pinning, out_dir)
     except (BenchError, OSError) as error:
         result["error"] = f"did not start: {error}"
         return result
@@ -270,13 +274,7 @@ def cold_and_warm(
     load: Load,
 ) -> tuple[Run, Run]:
     try:
-        server = launch(
-            target,
-            tools=tools,
-            wire=Wire(args.host),
-            log_dir=out_dir / "logs",
-            cpu=pinning.server_cpu,
-        )
+        server = launch_over_tcp(target, tools, args, pinning, out_dir)
     except (BenchError, OSError) as error:
         failed = Run(error=f"did not start: {error}")
         return failed, failed
