@@ -20,7 +20,7 @@ from support import PYTHON, TIMEOUT
 from test_bench import QUICK, bench
 
 from echo20.bench.environment import MachineSample, busy_processes
-from echo20.bench.measure import Load, Run, run_flags
+from echo20.bench.measure import NOISE_FLAGS, Load, Run, run_flags
 from echo20.bench.processes import (
     OTHER_BUSY_PCT,
     Pinning,
@@ -101,6 +101,17 @@ def test_each_sign_of_a_busy_machine_is_a_flag() -> None:
         "loadgen-bound", "contended", "others-busy", "others-before", "steal", "loaded",
         "busy-idle",
     }  # fmt: skip
+
+
+def test_a_saturated_load_generator_is_a_closed_loop_limit_not_noise() -> None:
+    """At 10 KiB the C load generator is the bottleneck of the fastest servers on any
+    machine: the report says so, --strict does not refuse it (CPU per round trip stays
+    the server's own), and the open loop, where the server idles by design, never says it."""
+    pinning = Pinning(0, 1, "pinned")
+    saturated = Run(loadavg_1m=0.1, steal_pct=0.0, loadgen_cpu_pct=99.0, server_cpu_pct=60.0)
+    assert run_flags(saturated, pinning, Load(0.1, 0.1)) == ["loadgen-bound"]
+    assert run_flags(saturated, pinning, Load(0.1, 0.1, rate=1000.0)) == []
+    assert "loadgen-bound" not in NOISE_FLAGS
 
 
 def test_a_server_that_spins_when_idle_is_stopped_between_its_cells(

@@ -241,8 +241,8 @@ def add_run_command(commands: Subcommands) -> None:
         "--strict",
         action="store_true",
         help="write no report if any cell was not measured on a quiet machine (other "
-        "processes busy, CPU steal, a high load average, a saturated load generator): "
-        "stop at the first such cell with one line, exit 1",
+        "processes busy, CPU steal, a high load average): stop at the first such cell "
+        "with one line, exit 1 (a saturated load generator is shown, not refused)",
     )
     run.add_argument(
         "--wait-quiet",
