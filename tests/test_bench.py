@@ -80,12 +80,14 @@ def test_run_writes_reports_with_verified_cells(tmp_path: Path) -> None:
 
 def test_open_loop_run_at_a_share_of_capacity(tmp_path: Path) -> None:
     result = bench(
-        "run", "--targets", "c", "--connections", "4", "--sizes", "64",
-        "--rates", "10%,20%", *QUICK, "--out", str(tmp_path),
+        "run", "--targets", "c", "--connections", "4", "--sizes", "8,64",
+        "--rates", "10%,20%", "--open-sizes", "64", *QUICK, "--out", str(tmp_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
     document = json.loads((tmp_path / "bench.json").read_text())
-    by_rate = {cell["rate"]: cell for cell in document["cells"]}
+    # --open-sizes: the open loop at 64 B only; 8 B is measured closed.
+    assert [cell["rate"] for cell in document["cells"] if cell["size"] == 8] == [None]
+    by_rate = {cell["rate"]: cell for cell in document["cells"] if cell["size"] == 64}
     assert set(by_rate) == {None, "10%", "20%"}
     closed = by_rate[None]["rt_per_s"]
     for rate, share in (("10%", 0.1), ("20%", 0.2)):

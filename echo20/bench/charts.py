@@ -18,7 +18,7 @@ from echo20.bench.stats import Cell
 from echo20.bench.targets import C_LOOP, TARGETS, Target
 from echo20.bench.units import format_size
 
-__all__ = ["write_matrix_chart", "write_sweep_chart"]
+__all__ = ["write_loop_chart", "write_matrix_chart", "write_sweep_chart"]
 
 PROGRAM = "echo20-bench"
 
@@ -142,6 +142,53 @@ def write_sweep_chart(path: Path, cells: Sequence[Cell], subtitle: str) -> Path 
     figure.suptitle(
         f"echo20 benchmark, open loop: latency against load\n{subtitle}", fontsize="small"
     )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_loop_chart(
+    path: Path, panels: Sequence[tuple[str, Sequence[Cell]]], size: int, subtitle: str
+) -> Path | None:
+    """One panel per transport: each shape's server CPU per round trip over the C
+    server's at ``size``, one bar per loop (the loop comparison page's picture)."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    loop_names = list(loops.LOOP_NAMES)
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(6.0 * len(panels) + 2.0, 5.5), squeeze=False, sharey=True
+    )
+    for axis, (title, cells) in zip(axes[0], panels, strict=True):
+        chosen = [
+            c
+            for c in cells
+            if c.rate is None and c.size == size and c.target.loop != C_LOOP
+            if c.summary.get("error") is None and (c.summary.get("vs_c") or {}).get("cpu_us_per_rt")
+        ]
+        shapes = [name for name in TARGETS if any(c.target.name == name for c in chosen)]
+        present = [loop for loop in loop_names if any(c.target.loop == loop for c in chosen)]
+        width = 0.8 / max(1, len(present))
+        for index, loop in enumerate(present):
+            xs, ratios = [], []
+            for x, shape in enumerate(shapes):
+                for cell in chosen:
+                    if (cell.target.name, cell.target.loop) == (shape, loop):
+                        xs.append(x - 0.4 + (index + 0.5) * width)
+                        ratios.append(cell.summary["vs_c"]["cpu_us_per_rt"])
+            shade = plt.get_cmap("tab10")(loop_names.index(loop) % 10)
+            axis.bar(xs, ratios, width, label=loop, color=shade)
+        axis.axhline(1.0, color="black", linewidth=1, label="C epoll server")
+        axis.set_yscale("log")
+        axis.set_xticks(range(len(shapes)))
+        axis.set_xticklabels(shapes)
+        axis.set_title(f"{title}, {format_size(size)}", fontsize="small")
+        axis.grid(axis="y", which="both", alpha=0.3)
+        axis.set_axisbelow(True)
+    axes[0][0].set_ylabel("server CPU per round trip ÷ the C server's (log; lower is better)")
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    figure.suptitle(f"echo20 loops side by side, closed loop\n{subtitle}", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

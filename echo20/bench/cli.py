@@ -7,6 +7,7 @@ Run it::
     echo20-bench run --targets protocol --rate 50%    # open loop at half its capacity
     echo20-bench run --targets c,protocol --rates 20%,50%,80%   # latency against load
     echo20-bench run --server-cmd "python my_server.py --port {port}"   # any echo20 server
+    echo20-bench loops --page docs/benchmark/loops.md   # every loop, TCP, TLS and Unix
     echo20-bench compare old/bench.json new/bench.json
     echo20-bench idle --connections 10000             # RSS per idle connection
     echo20-bench cold-start                           # a fresh server against a warm one
@@ -17,12 +18,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeAlias
 
 from echo20 import cli, loops
 from echo20.bench.budgets import parse_budget
 from echo20.bench.compare import command_compare
+from echo20.bench.loop_run import LOOP_PAGE_TARGETS, TRANSPORTS, command_loops
 from echo20.bench.matrix import command_run
 from echo20.bench.measure import RAMP_TIMEOUT
 from echo20.bench.memory import command_cold_start, command_idle
@@ -79,14 +82,22 @@ def check_server_commands(args: argparse.Namespace) -> None:
                 )
 
 
-def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--targets`` and ``--loops``."""
+def add_selection_arguments(
+    parser: argparse.ArgumentParser, targets: Sequence[str] | None = None
+) -> None:
+    """``--targets`` (default: ``targets``, or DEFAULT_TARGETS) and ``--loops``."""
     available = loops.available_loops()
+    default = (
+        ",".join(targets)
+        if targets is not None
+        else f"{','.join(DEFAULT_TARGETS)}; with --server-cmd: c"
+    )
     parser.add_argument(
         "--targets",
         type=name_list(TARGETS),
+        default=None if targets is None else ",".join(targets),
         help="comma-separated targets; each runs on each of --loops (c on epoll only) "
-        f"(default: {','.join(DEFAULT_TARGETS)}; with --server-cmd: c)",
+        f"(default: {default})",
     )
     parser.add_argument(
         "--loops",
@@ -104,8 +115,9 @@ def add_matrix_arguments(
     warmup: float,
     duration: float,
     repeats: int,
+    targets: Sequence[str] | None = None,
 ) -> None:
-    add_selection_arguments(parser)
+    add_selection_arguments(parser, targets)
     parser.add_argument(
         "--connections",
         type=count_list,
@@ -177,6 +189,37 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 Subcommands: TypeAlias = "argparse._SubParsersAction[cli.ArgumentParser]"
 
 
+def add_quiet_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--strict`` and ``--wait-quiet``: numbers from a quiet machine only."""
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="write no report if any cell was not measured on a quiet machine (other "
+        "processes busy, CPU steal, a high load average): a noisy cell is measured again, "
+        "three attempts in all, then the run stops with one line, exit 1 (a saturated "
+        "load generator is shown, not refused)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=cli.non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each cell, wait up to this long for other processes to stop using "
+        "the CPUs (0: only look, and note who was busy)",
+    )
+
+
+def add_open_sizes_argument(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--open-sizes",
+        type=size_list,
+        default=default,
+        help="with a rate, run the open loop only at these message sizes (default: every size)"
+        if default is None
+        else "message sizes of the open loop",
+    )
+
+
 def add_run_command(commands: Subcommands) -> None:
     """``run``: the matrix, closed or open loop, and its flags."""
     run = commands.add_parser(
@@ -207,6 +250,7 @@ def add_run_command(commands: Subcommands) -> None:
         help="open loop at each of these rates (10%%,50%%,90%% or 5k,10k,20k): latency "
         "against throughput, drawn in sweep.png",
     )
+    add_open_sizes_argument(run, None)
     run.add_argument(
         "--server-cmd",
         dest="server_cmds",
@@ -237,21 +281,7 @@ def add_run_command(commands: Subcommands) -> None:
         "load generator through OpenSSL, found when they are compiled); a loop without "
         "TLS of its own gets a floor row that says so",
     )
-    run.add_argument(
-        "--strict",
-        action="store_true",
-        help="write no report if any cell was not measured on a quiet machine (other "
-        "processes busy, CPU steal, a high load average): stop at the first such cell "
-        "with one line, exit 1 (a saturated load generator is shown, not refused)",
-    )
-    run.add_argument(
-        "--wait-quiet",
-        type=cli.non_negative_float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before each cell, wait up to this long for other processes to stop using "
-        "the CPUs (0: only look, and note who was busy)",
-    )
+    add_quiet_arguments(run)
     run.add_argument(
         "--budget",
         dest="budgets",
@@ -261,6 +291,58 @@ def add_run_command(commands: Subcommands) -> None:
         help="a limit to check, repeatable: LABEL@CONNSxSIZE[:cpu|p50|p99|mib](<=|>=)RATIO "
         "to the C server, e.g. protocol-uvloop@16x200<=1.3; one not met exits 1",
     )
+
+
+def add_loops_command(commands: Subcommands) -> None:
+    """``loops``: the loop comparison page, every transport, in one command."""
+    page = commands.add_parser(
+        "loops",
+        help="the loop comparison page: every loop, TCP, TLS and Unix sockets, closed "
+        "and open loop",
+        description=(
+            "Every target on every installed loop over each transport (the matrix of "
+            "`run` once per transport), the open loop at one size: writes the page "
+            "(--page), its chart and each transport's full report beside it."
+        ),
+        formatter_class=cli.HelpFormatter,
+    )
+    add_matrix_arguments(
+        page,
+        connections="16",
+        sizes="200,1k,10k,100k",
+        warmup=0.2,
+        duration=0.5,
+        repeats=2,
+        targets=LOOP_PAGE_TARGETS,
+    )
+    page.add_argument(
+        "--transports",
+        type=name_list(tuple(TRANSPORTS)),
+        default=",".join(TRANSPORTS),
+        help="comma-separated transports, each a matrix of its own",
+    )
+    page.add_argument(
+        "--rate",
+        type=parse_rate,
+        default="50%",
+        help="the open loop's rate: a share of each target's closed-loop rate in the same "
+        "repeat (50%%), or round trips per second in all",
+    )
+    add_open_sizes_argument(page, "1k")
+    page.add_argument(
+        "--page",
+        type=Path,
+        metavar="PATH",
+        help="the page to write; its chart and the transports' reports go beside it "
+        "(default: OUT/loops.md)",
+    )
+    page.add_argument(
+        "--ready-timeout",
+        type=cli.positive_float,
+        default=READY_TIMEOUT,
+        help="seconds each server gets to listen (its ready line)",
+    )
+    add_quiet_arguments(page)
 
 
 def add_compare_command(commands: Subcommands) -> None:
@@ -355,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run_command(commands)
+    add_loops_command(commands)
     add_compare_command(commands)
     add_idle_command(commands)
     add_cold_start_command(commands)
@@ -375,10 +458,12 @@ def main(argv: list[str] | None = None) -> int:
         return command_serve_sockets(args, args.server_parser)
     if cli.missing_extra(PROGRAM, "bench", ["rich", "hdrh"]):  # hdrh: hdrhistogram's module
         return 1
-    if getattr(args, "tls", False) and cli.missing_extra(PROGRAM, "bench", ["trustme"]):
+    wants_tls = getattr(args, "tls", False) or "tls" in getattr(args, "transports", [])
+    if wants_tls and cli.missing_extra(PROGRAM, "bench", ["trustme"]):
         return 1
     handlers = {
         "run": command_run,
+        "loops": command_loops,
         "compare": command_compare,
         "idle": command_idle,
         "cold-start": command_cold_start,

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,6 +29,8 @@ from echo20.errors import BenchError
 __all__ = ["command_run", "progress_bar"]
 
 PROGRAM = "echo20-bench"
+# --strict: attempts at a noisy target's point before the run is refused.
+STRICT_ATTEMPTS = 3
 
 
 class Status:
@@ -46,8 +49,6 @@ class Status:
 @contextmanager
 def progress_bar(total: int) -> Iterator[Status]:
     """A progress bar on stderr for ``total`` steps."""
-    from functools import partial
-
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -130,26 +131,68 @@ def prepare(args: argparse.Namespace, wire: Wire | None = None) -> Setup:
 
 def command_run(args: argparse.Namespace) -> int:
     """The matrix: every target at every (connections, size), ``repeats`` times."""
-    if not (args.unix or args.tls):
-        return run_matrix(args, Wire(args.host))
+    with wire_for(args.host, unix=args.unix, tls=args.tls) as wire:
+        return run_matrix(args, wire)
+
+
+@contextmanager
+def wire_for(host: str, *, unix: bool, tls: bool) -> Iterator[Wire]:
+    """The run's wire: TCP on ``host``, or Unix sockets, plain or under TLS."""
+    if not (unix or tls):
+        yield Wire(host)
+        return
     # The sockets and the certificates in a directory of our own, gone after the run (a
     # short path: a Unix socket's must fit in 108 bytes).
     with tempfile.TemporaryDirectory(prefix="echo20-bench-") as scratch:
-        tls = make_tls_files(Path(scratch)) if args.tls else None
-        return run_matrix(args, Wire(args.host, Path(scratch) if args.unix else None, tls))
+        files = make_tls_files(Path(scratch)) if tls else None
+        yield Wire(host, Path(scratch) if unix else None, files)
+
+
+class Matrix(NamedTuple):
+    """What one run of the matrix measured, ready to be printed and written."""
+
+    env: dict[str, Any]
+    settings: dict[str, Any]
+    cells: list[Cell]
+    budgets: list[dict[str, Any]]
+    problems: list[str]
+    # A server failed to start, crashed, or answered wrongly.
+    broken: bool
 
 
 def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
-    out_dir, tools, pinning, targets, skipped, unsupported, env = prepare(args, wire)
-    rates: list[str] = args.rates or ([args.rate] if args.rate else [])
+    matrix = measure_matrix(args, wire)
+    report.print_run(matrix.env, matrix.cells, matrix.budgets, matrix.problems)
+    written = write_reports(args.out, matrix)
+    print("wrote " + ", ".join(str(path) for path in written))
+    unmet = [b["budget"] for b in matrix.budgets if b["met"] is False]
+    for text in unmet:
+        print(f"{PROGRAM}: budget not met: {text}", file=sys.stderr)
+    return 1 if matrix.broken or unmet else 0
+
+
+def point_modes(
+    point: tuple[int, int], rates: Sequence[str], open_sizes: Sequence[int] | None
+) -> list[str | None]:
+    """The runs at one point: the closed loop (None) when asked for or when a rate is a
+    share of it, then each open-loop rate (only at ``open_sizes``, when given)."""
+    if open_sizes is not None and point[1] not in open_sizes:
+        rates = []
     closed_too = not rates or any(rate.endswith("%") for rate in rates)
+    return ([None] if closed_too else []) + list(rates)
+
+
+def measure_matrix(args: argparse.Namespace, wire: Wire) -> Matrix:
+    """Every target at every point, ``args.repeats`` times, summarized."""
+    _, tools, pinning, targets, skipped, unsupported, env = prepare(args, wire)
+    rates: list[str] = args.rates or ([args.rate] if args.rate else [])
     points, left_out = matrix_points(args.connections, args.sizes, args.max_inflight)
-    modes: list[str | None] = ([None] if closed_too else []) + list(rates)
+    modes = {point: point_modes(point, rates, args.open_sizes) for point in points}
     cells = {
         (target, point, rate): Cell(target, *point, rate=rate, unsupported=unsupported.get(target))
         for point in points
         for target in targets
-        for rate in modes
+        for rate in modes[point]
     }
     running = [target for target in targets if target not in unsupported]
     measured = sum(cell.unsupported is None for cell in cells.values())
@@ -161,7 +204,7 @@ def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
             running,
             tools=tools,
             wire=wire,
-            log_dir=out_dir / "logs",
+            log_dir=args.out / "logs",
             cpu=pinning.server_cpu,
             failures=failures,
             exit_statuses=exit_statuses,
@@ -175,13 +218,17 @@ def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
         for repeat in range(args.repeats):
             for point in points:
                 for target in running:
-                    runs = run_point(
-                        args, cells, target, point, modes, servers.get(target),
-                        failures.get(target), tools=tools, pinning=pinning, status=status,
-                        repeat=repeat,
+                    mode_cells = [cells[(target, point, rate)] for rate in modes[point]]
+                    measure_once = partial(
+                        run_point, args, cells, target, point, modes[point],
+                        servers.get(target), failures.get(target), tools=tools,
+                        pinning=pinning, status=status, repeat=repeat,
                     )  # fmt: skip
-                    if args.strict:
-                        refuse_noise(target, point, modes, runs)
+                    if not args.strict:
+                        measure_once()
+                        continue
+                    runs = measure_quietly(measure_once, mode_cells, status)
+                    refuse_noise(target, point, modes[point], runs)
     env["loadavg_end"] = load_average()
     ordered = list(cells.values())
     for cell in ordered:
@@ -191,17 +238,16 @@ def run_matrix(args: argparse.Namespace, wire: Wire) -> int:
     if wire.tls is not None:
         env["tls"] = tls_negotiated([cell.summary for cell in ordered])
     budgets = budget_checks.evaluate(args.budgets or [], ordered)
-    problems = run_problems(skipped, failures, exit_statuses)
-    settings = run_settings(args, targets, rates, left_out, wire)
-    report.print_run(env, ordered, budgets, problems)
-    written = write_reports(out_dir, env, settings, ordered, budgets, problems)
-    print("wrote " + ", ".join(str(path) for path in written))
-    unmet = [b["budget"] for b in budgets if b["met"] is False]
-    for text in unmet:
-        print(f"{PROGRAM}: budget not met: {text}", file=sys.stderr)
     # Too slow to measure is a result; a wrong reply, a crash or a failed start is not.
-    broken = failures or any(cell.failed for cell in ordered)
-    return 1 if broken or unmet else 0
+    broken = bool(failures) or any(cell.failed for cell in ordered)
+    return Matrix(
+        env,
+        run_settings(args, targets, rates, left_out, wire),
+        ordered,
+        budgets,
+        run_problems(skipped, failures, exit_statuses),
+        broken,
+    )
 
 
 def run_problems(
@@ -232,6 +278,7 @@ def run_settings(
         "connections": args.connections,
         "sizes": args.sizes,
         "rates": rates,
+        "open_sizes": args.open_sizes,
         "warmup_s": args.warmup,
         "duration_s": args.duration,
         "ramp_timeout_s": args.ramp_timeout,
@@ -298,6 +345,27 @@ def run_point(
     return runs
 
 
+def noisy(runs: Sequence[Run]) -> bool:
+    return any(flag in NOISE_FLAGS for run in runs for flag in run.flags)
+
+
+def measure_quietly(
+    measure_once: Callable[[], list[Run]], mode_cells: Sequence[Cell], status: Status
+) -> list[Run]:
+    """--strict: measure a target's point again, up to STRICT_ATTEMPTS times in all, while
+    something else shaped it (a burst of another process, the hypervisor's steal): one
+    noisy minute should not cost a whole run. The cells keep only the last attempt."""
+    runs = measure_once()
+    for _ in range(STRICT_ATTEMPTS - 1):
+        if not noisy(runs):
+            break
+        for cell in mode_cells:
+            cell.runs.pop()
+        status.now("not quiet: measuring again")
+        runs = measure_once()
+    return runs
+
+
 def refuse_noise(
     target: Target, point: tuple[int, int], modes: Sequence[str | None], runs: Sequence[Run]
 ) -> None:
@@ -326,39 +394,35 @@ def refuse_noise(
         )
 
 
-def write_reports(
-    out_dir: Path,
-    env: dict[str, Any],
-    settings: dict[str, Any],
-    cells: Sequence[Cell],
-    budgets: Sequence[dict[str, Any]],
-    problems: Sequence[str],
-) -> list[Path]:
-    """bench.json, bench.md and (with matplotlib) bench.png and sweep.png."""
-    json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
+def write_reports(out_dir: Path, matrix: Matrix, stem: str = "bench") -> list[Path]:
+    """STEM.json, STEM.md and (with matplotlib) STEM.png and, with rates, STEM-sweep.png
+    (bench.json, bench.md, bench.png and sweep.png for ``run``)."""
+    env, cells = matrix.env, matrix.cells
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     report.write_json(
         json_path,
         {
             "environment": env,
-            "settings": settings,
-            "not_run": list(problems),
+            "settings": matrix.settings,
+            "not_run": list(matrix.problems),
             "cells": [report.cell_document(cell) for cell in cells],
-            "budgets": list(budgets),
+            "budgets": list(matrix.budgets),
         },
     )
     report.write_markdown(
         md_path,
         env=env,
-        command=settings["command"],
+        command=matrix.settings["command"],
         cells=cells,
-        budgets=budgets,
-        problems=problems,
+        budgets=matrix.budgets,
+        problems=matrix.problems,
     )
     written = [json_path, md_path]
     subtitle = f"{env['date']}, {env['cpu_model']}, {env['pinning']}"
+    sweep = "sweep.png" if stem == "bench" else f"{stem}-sweep.png"
     for chart in (
-        charts.write_matrix_chart(out_dir / "bench.png", cells, subtitle),
-        charts.write_sweep_chart(out_dir / "sweep.png", cells, subtitle),
+        charts.write_matrix_chart(out_dir / f"{stem}.png", cells, subtitle),
+        charts.write_sweep_chart(out_dir / sweep, cells, subtitle),
     ):
         if chart is not None:
             written.append(chart)

@@ -37,7 +37,18 @@ TERMINAL_COLUMNS = (
     "CPU vs c", "srv CPU %", "loadgen CPU %", "notes",
 )  # fmt: skip
 BUDGET_HEADERS = ("budget", "requirement", "measured", "met", "floor")
-TEXT_COLUMNS = ("target", "notes", "budget", "requirement", "met", "rate", "cell", "verdict")
+TEXT_COLUMNS = (
+    "target",
+    "loop",
+    "transport",
+    "notes",
+    "budget",
+    "requirement",
+    "met",
+    "rate",
+    "cell",
+    "verdict",
+)
 
 
 def rate_text(cell: Cell) -> str:
