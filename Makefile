@@ -13,7 +13,7 @@ CHECKED := protocol.py echo_server.py echo_client.py setup.py echo20 tests tools
 # The seed's server and client as the article wrote them, untyped on purpose: ruff only.
 UNTYPED := examples
 
-.PHONY: help install demo test lint format bench bench-loops compare soak test-deploy test-tornado clean
+.PHONY: help install demo test lint format bench bench-loops bench-pages compare soak test-deploy test-tornado clean
 
 help:
 	@echo "make demo    set up .venv, start a server, run a scripted client session, stop"
@@ -22,6 +22,7 @@ help:
 	@echo "make format  ruff format and ruff check --fix"
 	@echo "make bench   a quick benchmark matrix (under 3 minutes) into bench-results/"
 	@echo "make bench-loops  every loop over TCP, TLS and Unix: docs/benchmark/loops.md (~13 min)"
+	@echo "make bench-pages  every other page under docs/benchmark/ (~25 min)"
 	@echo "make compare every conformance scenario on every server: docs/conformance.md"
 	@echo "make soak    2 minutes of good and hostile clients against the server (not in test)"
 	@echo "make test-deploy  install HAProxy where possible, test docs/deploy.md's configuration"
@@ -69,6 +70,10 @@ bench: $(STAMP)
 # The published loop comparison page (about 13 minutes): run nothing else meanwhile.
 bench-loops: $(STAMP)
 	$(BIN)/python -m echo20.bench loops --page docs/benchmark/loops.md --strict --wait-quiet 30
+
+# Every other page under docs/benchmark/ (about 25 minutes): run nothing else meanwhile.
+bench-pages: $(STAMP)
+	$(BIN)/python tools/bench_pages.py
 
 # Good and hostile clients for 2 minutes, then lost bytes, tracebacks, memory and fds
 # checked; e.g. `make soak SOAK_ARGS="--seconds 30 --impl protocol"`.
