@@ -92,6 +92,7 @@ def test_each_sign_of_a_busy_machine_is_a_flag() -> None:
     noisy = Run(
         loadavg_1m=usable + 1.5,
         steal_pct=5.0,
+        steal_ticks=3,
         idle_cpu_pct=70.0,
         others_during=["python3 (pid 4242) 87 %"],
         others_before=["python3 (pid 4242) 90 %"],
@@ -104,6 +105,15 @@ def test_each_sign_of_a_busy_machine_is_a_flag() -> None:
         "loadgen-bound", "contended", "others-busy", "others-before", "steal", "loaded",
         "busy-idle",
     }  # fmt: skip
+
+
+def test_one_tick_of_steal_is_the_counter_s_resolution_not_noise() -> None:
+    """/proc/stat counts steal in 10 ms ticks: one tick is 2.1 % of a 0.47 s window."""
+    pinning = Pinning(0, 1, "pinned")
+    one_tick = Run(loadavg_1m=0.1, steal_pct=2.1, steal_ticks=1)
+    assert run_flags(one_tick, pinning, Load(0.1, 0.1)) == []
+    two_ticks = Run(loadavg_1m=0.1, steal_pct=4.2, steal_ticks=2)
+    assert run_flags(two_ticks, pinning, Load(0.1, 0.1)) == ["steal"]
 
 
 def test_a_saturated_load_generator_is_a_closed_loop_limit_not_noise() -> None:

@@ -48,8 +48,11 @@ CONTENDED_PCT = 10.0
 # Open loop: the share of the asked-for rate below which the server fell behind.
 BEHIND_SHARE = 0.95
 # Time the hypervisor took from a pinned CPU in the window, in percent, above which the
-# cell is marked ``steal``.
+# cell is marked ``steal``, when it is also more than STEAL_TICKS of /proc/stat's 10 ms
+# ticks: one tick is the counter's resolution (2 % of a half-second window), seen in
+# most cells whose two CPUs are both busy, and says nothing.
 STEAL_PCT = 2.0
+STEAL_TICKS = 1
 # The flags that say something else than the server shaped a cell's numbers: --strict
 # writes no report with any of them. ``loadgen-bound`` is not one: a load generator at
 # its limit caps round trips per second, a limit of the harness that the report shows,
@@ -104,6 +107,8 @@ class Run:
     # share of a CPU with no client, and other processes busy before and during it.
     loadavg_1m: float | None = None
     steal_pct: float | None = None
+    # The most 10 ms ticks the hypervisor took from one pinned CPU in the window.
+    steal_ticks: int | None = None
     idle_cpu_pct: float | None = None
     others_before: list[str] = field(default_factory=list)
     others_during: list[str] = field(default_factory=list)
@@ -286,6 +291,8 @@ def account_cpu(run: Run, report: dict[str, Any], pinning: Pinning) -> None:
         if cpu < min(len(steal), len(total)) and total[cpu]
     ]
     run.steal_pct = max(shares) if shares else None
+    ticks = [steal[cpu] for cpu in (watched or range(len(steal))) if cpu < len(steal)]
+    run.steal_ticks = max(ticks) if ticks else None
     if pinning.server_cpu is not None and pinning.loadgen_cpu is not None and busy:
         cpu_s, cpu_g = pinning.server_cpu, pinning.loadgen_cpu
         if total[cpu_s] and server_cpu_s is not None:
@@ -317,7 +324,11 @@ def run_flags(run: Run, pinning: Pinning, load: Load) -> list[str]:
         flags.append("others-busy")
     if run.others_before:
         flags.append("others-before")
-    if run.steal_pct is not None and run.steal_pct > STEAL_PCT:
+    if (
+        run.steal_pct is not None
+        and run.steal_pct > STEAL_PCT
+        and (run.steal_ticks is None or run.steal_ticks > STEAL_TICKS)
+    ):
         flags.append("steal")
     # More runnable tasks than CPUs, beyond the server and the load generator.
     usable = len(os.sched_getaffinity(0))

@@ -282,26 +282,26 @@ by the C epoll reference's in the same cell and repeat (the median of those per-
 ratios): compare ratios within one run, never across runs or machines. **peak RSS** is
 the server's VmHWM during the cell.
 
-Notes: `loadgen-bound`: in the closed loop, the load generator (a C epoll program on
-its own CPU, checking every reply byte) used at least 90 % of its CPU while the server
-used less, so the server could have done more: its round trips per second are the load
-generator's limit, its CPU per round trip is still its own.
-`contended`: other processes took more than 10 % of one of the two pinned CPUs during
-the window: expect noise. `others-busy`: some other process used at least 10 % of a
-CPU while the cell ran (named under "Other processes busy during the run");
-`others-before`: one did in the 0.2 s before the cell (after `--wait-quiet`, if given).
-`steal`: the hypervisor gave more than 2 % of a pinned CPU to other machines in the
-window. `loaded`: the 1-minute load average was at least the usable CPUs + 1 when the
-cell started. `busy-idle`: the server uses more than 5 % of a CPU with no client at all
-(it spins; its CPU per round trip includes that; it is stopped with SIGSTOP while the
-other targets are measured). `--strict` writes no report when a cell has any of
-`contended`, `others-busy`, `others-before`, `steal`, `loaded` or `busy-before`.
-`unpinned`: server and load generator shared CPUs. `behind`:
-an open-loop target answered less than 95 % of the asked rate. `N unanswered`:
-messages due in the window still had no reply 2 s after it. `busy-before`: the server
-was still busy from the previous cell. `too slow`: the target answered correctly but
-not every connection got its first reply within the ramp timeout, or no round trip
-finished in the window (not a failure).
+Notes: `loadgen-bound`: in the closed loop, the load generator (a C epoll program on its
+own CPU, checking every reply byte) used at least 90 % of its CPU while the server used
+less, so the server could have done more: its round trips per second are the load
+generator's limit, its CPU per round trip is still its own. `contended`: other processes
+took more than 10 % of one of the two pinned CPUs during the window: expect noise.
+`others-busy`: some other process used at least 10 % of a CPU while the cell ran (named
+under "Other processes busy during the run"); `others-before`: one did in the 0.2 s
+before the cell (after `--wait-quiet`, if given). `steal`: the hypervisor gave more than
+2 % of a pinned CPU to other machines in the window, and more than one 10 ms tick of
+/proc/stat (one tick is the counter's resolution, 2 % of a half-second window).
+`loaded`: the 1-minute load average was at least the usable CPUs + 1 when the cell
+started. `busy-idle`: the server uses more than 5 % of a CPU with no client at all (it
+spins; its CPU per round trip includes that; it is stopped with SIGSTOP while the other
+targets are measured). `--strict` writes no report when a cell has any of `contended`,
+`others-busy`, `others-before`, `steal`, `loaded` or `busy-before`. `unpinned`: server
+and load generator shared CPUs. `behind`: an open-loop target answered less than 95 % of
+the asked rate. `N unanswered`: messages due in the window still had no reply 2 s after
+it. `busy-before`: the server was still busy from the previous cell. `too slow`: the
+target answered correctly but not every connection got its first reply within the ramp
+timeout, or no round trip finished in the window (not a failure).
 
 Under `--tls` (the report's head says `transport: TLS over ...`) each row is a TLS
 implementation: `c` OpenSSL's SSL_read/SSL_write, `floor` the loop's own TLS
