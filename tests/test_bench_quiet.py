@@ -14,11 +14,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from support import PYTHON, TIMEOUT
 from test_bench import QUICK, bench
 
+from echo20.bench import processes
 from echo20.bench.environment import MachineSample, busy_processes
 from echo20.bench.matrix import STRICT_ATTEMPTS, Status, measure_quietly, refuse_noise
 from echo20.bench.measure import NOISE_FLAGS, Load, Run, run_flags
@@ -105,6 +107,26 @@ def test_each_sign_of_a_busy_machine_is_a_flag() -> None:
         "loadgen-bound", "contended", "others-busy", "others-before", "steal", "loaded",
         "busy-idle",
     }  # fmt: skip
+
+
+def test_wait_quiet_waits_for_the_load_average_to_fall(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1-minute load average stays up after a burst (the run's own servers starting):
+    --wait-quiet waits for it as for a busy process; without a wait, it only looks."""
+    idle = subprocess.Popen([PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        server = SimpleNamespace(pid=idle.pid, idle_share=0.0, process=idle)
+        usable = len(os.sched_getaffinity(0))
+        averages = iter([[usable + 2.0], [usable + 1.5], [0.5]])
+        monkeypatch.setattr(processes, "load_average", lambda: next(averages))
+        monkeypatch.setattr(processes, "busy_processes", lambda *a, **k: [])
+        quiet = processes.wait_until_quiet(server, wait=TIMEOUT)  # type: ignore[arg-type]
+        assert quiet == processes.Quiet(False, [])
+        assert next(averages, None) is None  # sampled until it fell
+        averages = iter([[usable + 2.0], [0.5]])
+        processes.wait_until_quiet(server, wait=0.0)  # type: ignore[arg-type]
+        assert next(averages) == [0.5]  # looked once, did not wait
+    finally:
+        idle.communicate(b"", timeout=TIMEOUT)
 
 
 def test_one_tick_of_steal_is_the_counter_s_resolution_not_noise() -> None:

@@ -205,7 +205,8 @@ def add_quiet_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="SECONDS",
         help="before each cell, wait up to this long for other processes to stop using "
-        "the CPUs (0: only look, and note who was busy)",
+        "the CPUs and the load average to fall under the CPUs + 1 (0: only look, and "
+        "note who was busy)",
     )
 
 

@@ -136,6 +136,12 @@ def load_average() -> list[float]:
     return []
 
 
+def loaded(one_minute: float | None) -> bool:
+    """More runnable tasks than usable CPUs, beyond the server and the load generator:
+    a 1-minute load average of at least the usable CPUs + 1."""
+    return one_minute is not None and one_minute >= len(os.sched_getaffinity(0)) + 1
+
+
 def package_versions() -> dict[str, str]:
     versions: dict[str, str] = {}
     for name in PACKAGES:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from echo20.bench import histograms
-from echo20.bench.environment import MachineSample, busy_processes, load_average
+from echo20.bench.environment import MachineSample, busy_processes, load_average, loaded
 from echo20.bench.processes import (
     OTHER_BUSY_PCT,
     SPIN_SHARE,
@@ -330,9 +330,7 @@ def run_flags(run: Run, pinning: Pinning, load: Load) -> list[str]:
         and (run.steal_ticks is None or run.steal_ticks > STEAL_TICKS)
     ):
         flags.append("steal")
-    # More runnable tasks than CPUs, beyond the server and the load generator.
-    usable = len(os.sched_getaffinity(0))
-    if run.loadavg_1m is not None and run.loadavg_1m >= usable + 1:
+    if loaded(run.loadavg_1m):
         flags.append("loaded")
     if run.idle_cpu_pct is not None and run.idle_cpu_pct > 100 * SPIN_SHARE:
         flags.append("busy-idle")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from echo20.bench.certs import SERVER_NAME, TLSFiles
-from echo20.bench.environment import MachineSample, busy_processes
+from echo20.bench.environment import MachineSample, busy_processes, load_average, loaded
 from echo20.bench.targets import Target, Wire, server_argv
 from echo20.bench.tools import Tools
 from echo20.cli import parse_ready_line
@@ -178,7 +178,11 @@ def wait_until_quiet(server: Server, *, wait: float = 0.0) -> Quiet:
         )
         idle = before is None or after is None or after - before < allowed
         elapsed = time.monotonic() - started
-        if idle and (not others or elapsed >= wait):
+        # The load average too: it stays up for a minute after a burst (the run's own
+        # servers starting, say), and a cell measured meanwhile is marked ``loaded``.
+        average = load_average()
+        calm = not others and not loaded(average[0] if average else None)
+        if idle and (calm or elapsed >= wait):
             return Quiet(False, others)
         if not idle and elapsed >= QUIET_TIMEOUT:
             return Quiet(True, others)
