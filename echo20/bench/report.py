@@ -290,12 +290,13 @@ took more than 10 % of one of the two pinned CPUs during the window: expect nois
 `others-busy`: some other process used at least 10 % of a CPU while the cell ran (named
 under "Other processes busy during the run"); `others-before`: one did in the 0.2 s
 before the cell (after `--wait-quiet`, if given). `steal`: the hypervisor gave more than
-2 % of a pinned CPU to other machines in the window, and more than one 10 ms tick of
-/proc/stat (one tick is the counter's resolution, 2 % of a half-second window).
-`loaded`: the 1-minute load average was at least the usable CPUs + 1 when the cell
-started. `busy-idle`: the server uses more than 5 % of a CPU with no client at all (it
-spins; its CPU per round trip includes that; it is stopped with SIGSTOP while the other
-targets are measured). `--strict` writes no report when a cell has any of `contended`,
+10 % of a pinned CPU to other machines in the window (and more than one 10 ms tick of
+/proc/stat, its resolution); the server's CPU time leaves stolen time out on kernels
+with paravirtual steal accounting, so steal shapes rt/s more than CPU µs/rt. `loaded`:
+the 1-minute load average was at least the usable CPUs + 1 when the cell started.
+`busy-idle`: the server uses more than 5 % of a CPU with no client at all (it spins; its
+CPU per round trip includes that; it is stopped with SIGSTOP while the other targets are
+measured). `--strict` writes no report when a cell has any of `contended`,
 `others-busy`, `others-before`, `steal`, `loaded` or `busy-before`. `unpinned`: server
 and load generator shared CPUs. `behind`: an open-loop target answered less than 95 % of
 the asked rate. `N unanswered`: messages due in the window still had no reply 2 s after
