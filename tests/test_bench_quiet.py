@@ -22,7 +22,13 @@ from test_bench import QUICK, bench
 
 from echo20.bench import processes
 from echo20.bench.environment import MachineSample, busy_processes
-from echo20.bench.matrix import STRICT_ATTEMPTS, Status, measure_quietly, refuse_noise
+from echo20.bench.matrix import (
+    STRICT_ATTEMPTS,
+    STRICT_PAUSE,
+    Status,
+    measure_quietly,
+    refuse_noise,
+)
 from echo20.bench.measure import NOISE_FLAGS, Load, Run, run_flags
 from echo20.bench.processes import (
     OTHER_BUSY_PCT,
@@ -150,24 +156,27 @@ def test_a_saturated_load_generator_is_a_closed_loop_limit_not_noise() -> None:
 
 
 def test_strict_measures_a_noisy_point_again_and_keeps_only_the_quiet_attempt() -> None:
-    """A burst of another process or of the hypervisor's steal costs one point a second
-    attempt, not the whole run; a point noisy every time is refused."""
+    """A burst of another process or of the hypervisor's steal costs one point more
+    attempts, each after a longer pause, not the whole run; a point noisy every time is
+    refused."""
     cell = Cell(Target("c", "epoll"), 1, 8)
     attempts = [[Run(flags=["steal"])], [Run(flags=["others-busy"])], [Run(flags=[])]]
     descriptions: list[str] = []
+    pauses: list[float] = []
 
     def measure_once() -> list[Run]:
         runs = attempts.pop(0)
         cell.runs.extend(runs)
         return runs
 
-    runs = measure_quietly(
-        measure_once, [cell], Status(lambda **kw: descriptions.append(kw.get("description", "")))
-    )
+    def describe(**kw: object) -> None:
+        descriptions.append(str(kw.get("description", "")))
+
+    runs = measure_quietly(measure_once, [cell], Status(describe), pauses.append)
     assert runs[0].flags == []
     assert cell.runs == runs
-    assert descriptions == ["not quiet: measuring again"] * 2
-    assert STRICT_ATTEMPTS == 3
+    assert pauses == [STRICT_PAUSE, 3 * STRICT_PAUSE]
+    assert descriptions == [f"not quiet: measuring again in {p:g} s" for p in pauses]
 
     always = [[Run(flags=["steal"])] for _ in range(STRICT_ATTEMPTS)]
     cell.runs.clear()
@@ -177,7 +186,7 @@ def test_strict_measures_a_noisy_point_again_and_keeps_only_the_quiet_attempt() 
         cell.runs.extend(runs)
         return runs
 
-    runs = measure_quietly(measure_noisy, [cell], Status(lambda **kw: None))
+    runs = measure_quietly(measure_noisy, [cell], Status(lambda **kw: None), lambda s: None)
     assert not always
     assert len(cell.runs) == 1
     with pytest.raises(BenchError, match=r"^--strict: c-epoll 1 × 8 B closed .*\(steal\)"):

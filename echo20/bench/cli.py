@@ -196,7 +196,7 @@ def add_quiet_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write no report if any cell was not measured on a quiet machine (other "
         "processes busy, CPU steal, a high load average): a noisy cell is measured again, "
-        "three attempts in all, then the run stops with one line, exit 1 (a saturated "
+        "four attempts in all, then the run stops with one line, exit 1 (a saturated "
         "load generator is shown, not refused)",
     )
     parser.add_argument(
@@ -311,8 +311,8 @@ def add_loops_command(commands: Subcommands) -> None:
         page,
         connections="16",
         sizes="200,1k,10k,100k",
-        warmup=0.2,
-        duration=0.5,
+        warmup=0.15,
+        duration=0.4,
         repeats=2,
         targets=LOOP_PAGE_TARGETS,
     )

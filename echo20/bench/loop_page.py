@@ -369,8 +369,8 @@ writes each batch's reply (under TLS the loop's own TLS: asyncio's `sslproto`, u
 aiofastnet's); `sockets` the echo20 server on `loop.sock_recv`/`sock_sendall`, a task
 per connection (TLS by hand over `ssl.MemoryBIO`); `streams`, `iostream` and `protocol`
 the three echo20 implementations (under TLS the port's `TLSTransport`, the same on
-every loop). `aiofastnet-asyncio` and `aiofastnet-uvloop` are those loops with
-aiofastnet's transports; their `sockets` rows are the base loop's `sock_*` calls.
+every loop). `aiofastnet-asyncio` and `aiofastnet-uvloop` are those loops patched by
+aiofastnet: its transports, its TLS and its own `sock_*` calls.
 """
 
 

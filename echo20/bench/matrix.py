@@ -7,6 +7,7 @@ import shlex
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -29,8 +30,10 @@ from echo20.errors import BenchError
 __all__ = ["command_run", "progress_bar"]
 
 PROGRAM = "echo20-bench"
-# --strict: attempts at a noisy target's point before the run is refused.
-STRICT_ATTEMPTS = 3
+# --strict: attempts at a noisy target's point before the run is refused, and the
+# seconds before the second attempt (each later one waits three times longer).
+STRICT_ATTEMPTS = 4
+STRICT_PAUSE = 1.0
 
 
 class Status:
@@ -350,18 +353,25 @@ def noisy(runs: Sequence[Run]) -> bool:
 
 
 def measure_quietly(
-    measure_once: Callable[[], list[Run]], mode_cells: Sequence[Cell], status: Status
+    measure_once: Callable[[], list[Run]],
+    mode_cells: Sequence[Cell],
+    status: Status,
+    pause: Callable[[float], None] = time.sleep,
 ) -> list[Run]:
     """--strict: measure a target's point again, up to STRICT_ATTEMPTS times in all, while
     something else shaped it (a burst of another process, the hypervisor's steal): one
-    noisy minute should not cost a whole run. The cells keep only the last attempt."""
+    noisy minute should not cost a whole run. Bursts last seconds, so each new attempt
+    waits longer first (STRICT_PAUSE, then three times that, ...). The cells keep only
+    the last attempt."""
     runs = measure_once()
-    for _ in range(STRICT_ATTEMPTS - 1):
+    for attempt in range(STRICT_ATTEMPTS - 1):
         if not noisy(runs):
             break
         for cell in mode_cells:
             cell.runs.pop()
-        status.now("not quiet: measuring again")
+        wait = STRICT_PAUSE * 3**attempt
+        status.now(f"not quiet: measuring again in {wait:g} s")
+        pause(wait)
         runs = measure_once()
     return runs
 
