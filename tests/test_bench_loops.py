@@ -96,8 +96,8 @@ def made_cells() -> list[Cell]:
     return cells
 
 
-def made_page() -> str:
-    tcp = Transport(
+def made_transport() -> Transport:
+    return Transport(
         "TCP over 127.0.0.1",
         "loops-tcp",
         {
@@ -118,8 +118,11 @@ def made_page() -> str:
         made_cells(),
         ["streams-uvloop: answered wrongly"],
     )
+
+
+def made_page() -> str:
     return render_page(
-        [tcp], command="echo20-bench loops", minutes=1.0, chart=None, chart_size=1024
+        [made_transport()], command="echo20-bench loops", minutes=1.0, chart=None, chart_size=1024
     )
 
 
@@ -150,3 +153,37 @@ def test_the_published_comparison_and_the_spread_are_computed() -> None:
     # Each loop against asyncio, per shape.
     assert "| uvloop | TCP over 127.0.0.1 |" in page
     assert "**Spread.** Between the 2 repeats of one cell" in page
+
+
+def test_the_tls_target_says_what_tls_costs_each_layer() -> None:
+    """Met or not, the TLS line gives its repeats and what TLS adds to the C server, to
+    uvloop's own TLS and to the port's, each over TLS less the same over TCP."""
+
+    def cells(c: float, floor: float, protocol: float) -> list[Cell]:
+        made = [
+            Cell(Target("c", "epoll"), 16, 1024, runs=[run_of(c, 1.0), run_of(c, 1.0)]),
+            Cell(Target("floor", "uvloop"), 16, 1024, runs=[run_of(floor, 1.0)] * 2),
+            Cell(
+                Target("protocol", "uvloop"),
+                16,
+                1024,
+                runs=[run_of(protocol, 1.0), run_of(protocol * 1.5, 1.0)],
+            ),
+        ]
+        for cell in made:
+            cell.summarize()
+        add_ratios(made)
+        return made
+
+    env = made_transport().env
+    settings = made_transport().settings
+    tcp = Transport("TCP", "loops-tcp", env, settings, cells(6.0, 7.0, 8.0), [])
+    tls = Transport("TLS", "loops-tls", env, settings, cells(12.0, 14.0, 16.0), [])
+    page = render_page([tcp, tls], command="x", minutes=1.0, chart=None, chart_size=1024)
+    # protocol over TLS: 16 and 24 µs against C's 12: 1.33× and 2.00×, median 1.67×.
+    assert "costs 1.67× the C+OpenSSL server's" in page
+    assert "NOT met in this run; repeat by repeat: 1.33×, 2.00×" in page
+    # TLS adds 6 µs to C, 7 to uvloop's floor, 20 - 10 = 10 to protocol: 3 µs more.
+    assert "6 µs per round trip to the C server (OpenSSL), 7 µs to uvloop's `floor`" in page
+    assert "10 µs to `protocol`" in page
+    assert "3 µs per round trip over uvloop's" in page
