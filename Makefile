@@ -22,7 +22,7 @@ help:
 	@echo "make format  ruff format and ruff check --fix"
 	@echo "make bench   a quick benchmark matrix (under 3 minutes) into bench-results/"
 	@echo "make bench-loops  every loop over TCP, TLS and Unix: docs/benchmark/loops.md (~13 min)"
-	@echo "make bench-pages  every other page under docs/benchmark/ (~25 min)"
+	@echo "make bench-pages  every other page under docs/benchmark/ (~22 min)"
 	@echo "make compare every conformance scenario on every server: docs/conformance.md"
 	@echo "make soak    2 minutes of good and hostile clients against the server (not in test)"
 	@echo "make test-deploy  install HAProxy where possible, test docs/deploy.md's configuration"
@@ -71,7 +71,7 @@ bench: $(STAMP)
 bench-loops: $(STAMP)
 	$(BIN)/python -m echo20.bench loops --page docs/benchmark/loops.md --strict --wait-quiet 30
 
-# Every other page under docs/benchmark/ (about 25 minutes): run nothing else meanwhile.
+# Every other page under docs/benchmark/ (about 22 minutes): run nothing else meanwhile.
 bench-pages: $(STAMP)
 	$(BIN)/python tools/bench_pages.py
 

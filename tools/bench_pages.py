@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/bench_pages.py                 # every page (about 25 minutes)
+    python tools/bench_pages.py                 # every page (about 22 minutes)
     python tools/bench_pages.py latency idle    # some of them
     python tools/bench_pages.py --list          # each page with its command
 
