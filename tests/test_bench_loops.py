@@ -187,3 +187,21 @@ def test_the_tls_target_says_what_tls_costs_each_layer() -> None:
     assert "6 µs per round trip to the C server (OpenSSL), 7 µs to uvloop's `floor`" in page
     assert "10 µs to `protocol`" in page
     assert "3 µs per round trip over uvloop's" in page
+
+
+def test_a_folder_that_cannot_be_written_is_one_line_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    """Not a traceback twelve minutes in: the page's folder and --out are checked first."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for args, what in (
+        (("loops", "--page", str(blocker / "loops.md"), "--out", str(tmp_path)), "--page"),
+        (("run", "--out", str(blocker / "out")), "--out"),
+    ):
+        result = bench(*args)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("echo20-bench: cannot write the "), result.stderr
+        assert f"({what}) in {blocker}" in result.stderr
+        assert result.stderr.count("\n") == 1
+        assert result.stdout == ""

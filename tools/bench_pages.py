@@ -181,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, page in PAGES.items():
             print(f"{name}: {shlex.join(command(page, quick=args.quick))}")
         return 0
-    args.into.mkdir(parents=True, exist_ok=True)
+    try:
+        args.into.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"cannot write the pages in {args.into}: {error.strerror or error}")
     for name in args.names or list(PAGES):
         minutes = regenerate(name, PAGES[name], args.into, quick=args.quick)
         print(f"wrote {args.into / (name + '.md')} in {minutes:.1f} minutes", flush=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from echo20.bench import charts
 from echo20.bench.loop_page import QUOTED_SIZE, Transport, render_page
 from echo20.bench.matrix import PROGRAM, measure_matrix, wire_for, write_reports
+from echo20.bench.report import writable_folder
 
 __all__ = ["LOOP_PAGE_TARGETS", "TRANSPORTS", "command_loops"]
 
@@ -34,7 +35,7 @@ def command_loops(args: argparse.Namespace) -> int:
     """Every target on every loop over each transport; the page and its reports."""
     started = time.monotonic()
     page: Path = args.page or args.out / "loops.md"
-    page.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(page.parent, "the page (--page)")
     transports: list[Transport] = []
     broken = False
     for name in args.transports:

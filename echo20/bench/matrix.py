@@ -114,7 +114,7 @@ def prepare(args: argparse.Namespace, wire: Wire | None = None) -> Setup:
     cannot run, with why) and the environment, from a command's arguments."""
     wire = wire or Wire(args.host)
     out_dir: Path = args.out
-    out_dir.mkdir(parents=True, exist_ok=True)
+    report.writable_folder(out_dir, "the reports (--out)")
     runtime.raise_open_file_limit()
     tools = build_tools(out_dir / "build", tls=wire.tls is not None)
     pinning = choose_cpus(args.pin)

@@ -16,8 +16,9 @@ from echo20.bench.environment import describe
 from echo20.bench.histograms import LATENCY_KEYS
 from echo20.bench.stats import Cell
 from echo20.bench.units import fmt, fmt_ratio, format_size
+from echo20.errors import BenchError
 
-__all__ = ["print_table", "write_json", "write_markdown"]
+__all__ = ["print_table", "writable_folder", "write_json", "write_markdown"]
 
 # Result files say what they hold and in which layout.
 KIND = "echo20-bench"
@@ -49,6 +50,18 @@ TEXT_COLUMNS = (
     "cell",
     "verdict",
 )
+
+
+def writable_folder(path: Path, what: str) -> None:
+    """Make ``path`` and check that files can be written in it, before anything is
+    measured: BenchError in one line otherwise (not a traceback after a long run)."""
+    probe = path / ".echo20-bench-write-check"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise BenchError(f"cannot write {what} in {path}: {error.strerror or error}") from None
 
 
 def rate_text(cell: Cell) -> str:
