@@ -268,6 +268,11 @@ class TLSTransport(asyncio.Protocol, asyncio.Transport):
                         ended = True
                         break
                     filled += count
+                    # Nothing left to decrypt: stop here rather than have OpenSSL say so
+                    # with an SSLWantReadError, an exception raised and caught per
+                    # received batch.
+                    if not self._incoming.pending and not self._tls.pending():
+                        break
             except (ssl_module.SSLWantReadError, ssl_module.SSLWantWriteError):
                 pass
             except ssl_module.SSLZeroReturnError:  # close_notify
@@ -288,6 +293,8 @@ class TLSTransport(asyncio.Protocol, asyncio.Transport):
                     ended = True
                     break
                 pieces.append(piece)
+                if not self._incoming.pending and not self._tls.pending():
+                    break  # as in _read_into_buffer: no SSLWantReadError per batch
         except (ssl_module.SSLWantReadError, ssl_module.SSLWantWriteError):
             pass
         except ssl_module.SSLZeroReturnError:  # close_notify
