@@ -187,6 +187,11 @@ def test_the_tls_target_says_what_tls_costs_each_layer() -> None:
     assert "6 µs per round trip to the C server (OpenSSL), 7 µs to uvloop's `floor`" in page
     assert "10 µs to `protocol`" in page
     assert "3 µs per round trip over uvloop's" in page
+    # A port's TLS cheaper than the loop's own is said so, not as a negative cost.
+    tls = Transport("TLS", "loops-tls", env, settings, cells(12.0, 14.0, 10.0), [])
+    page = render_page([tcp, tls], command="x", minutes=1.0, chart=None, chart_size=1024)
+    assert "costs no more than uvloop's own here (4.5 µs per round trip less" in page
+    assert "-" not in page.split("What TLS adds", 1)[1].split("). The port", 1)[0]
 
 
 def test_a_folder_that_cannot_be_written_is_one_line_before_anything_runs(

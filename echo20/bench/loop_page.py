@@ -281,14 +281,20 @@ def tls_target_line(transports: Sequence[Transport]) -> list[str]:
     costs = tls_costs(transports, QUOTED_SIZE)
     if len(costs) == 3:
         port, loop_own = costs["protocol-uvloop"], costs["floor-uvloop"]
+        verdict = (
+            f"the remaining cost is the port's TLS layer in Python, {fmt(port - loop_own)} µs "
+            "per round trip over uvloop's"
+            if port > loop_own
+            else "the port's TLS layer in Python costs no more than uvloop's own here "
+            f"({fmt(loop_own - port)} µs per round trip less, within this run's spread)"
+        )
         line += (
             f" What TLS adds, each figure over TLS less the same over TCP: "
             f"{fmt(costs[f'c-{C_LOOP}'])} µs per round trip to the C server (OpenSSL), "
             f"{fmt(loop_own)} µs to uvloop's `floor` (uvloop's own TLS, in C), "
-            f"{fmt(port)} µs to `protocol` (the port's `TLSTransport`): the remaining cost "
-            f"is the port's TLS layer in Python, {fmt(port - loop_own)} µs per round trip "
-            "over uvloop's. The port keeps its own because asyncio's and uvloop's drop the "
-            "replies owed after a client's `close_notify` ([differences.md](../differences.md))."
+            f"{fmt(port)} µs to `protocol` (the port's `TLSTransport`): {verdict}. The port "
+            "keeps its own because asyncio's and uvloop's drop the replies owed after a "
+            "client's `close_notify` ([differences.md](../differences.md))."
         )
     return [line]
 
