@@ -210,3 +210,44 @@ def test_a_folder_that_cannot_be_written_is_one_line_before_anything_runs(
         assert f"({what}) in {blocker}" in result.stderr
         assert result.stderr.count("\n") == 1
         assert result.stdout == ""
+
+
+def test_every_row_has_every_column_and_every_open_loop_size_its_table() -> None:
+    """A shape one transport lacks is a dash in its row, not a shifted column; an open
+    loop at two sizes gives two tables, not the last size alone."""
+
+    def made(name: str, loop: str, size: int, rate: str | None = None) -> Cell:
+        runs = [Run(cpu_us_per_rt=10.0, rt_per_s=1.0, round_trips=1, rate=1.0)]
+        cell = Cell(Target(name, loop), 16, size, rate=rate, runs=runs)
+        cell.summarize()
+        return cell
+
+    both = [made("c", "epoll", 200)] + [
+        made(shape, loop, 200)
+        for shape in ("sockets", "protocol")
+        for loop in ("asyncio", "uvloop")
+    ]
+    both += [made("protocol", "uvloop", size, "50%") for size in (200, 1024)]
+    one = [
+        made("c", "epoll", 200),
+        made("protocol", "asyncio", 200),
+        made("protocol", "uvloop", 200),
+    ]
+    for cells in (both, one):
+        add_ratios(cells)
+    base = made_transport()
+    page = render_page(
+        [
+            Transport("TCP", "loops-tcp", base.env, base.settings, both, []),
+            Transport("Unix", "loops-unix", base.env, base.settings, one, []),
+        ],
+        command="x",
+        minutes=1.0,
+        chart=None,
+        chart_size=1024,
+    )
+    assert "| loop | transport | sockets | protocol |" in page
+    assert "| uvloop | TCP | 1.00× | 1.00× |" in page
+    assert "| uvloop | Unix | – | 1.00× |" in page
+    assert "16 connections × 200 B, at 50% of" in page
+    assert "16 connections × 1 KiB, at 50% of" in page

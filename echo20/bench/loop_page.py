@@ -19,7 +19,7 @@ from echo20 import loops
 from echo20.bench.environment import describe
 from echo20.bench.measure import NOISE_FLAGS, Run
 from echo20.bench.report import markdown_table
-from echo20.bench.stats import Cell, Metric, paired_ratio
+from echo20.bench.stats import Cell, Metric, paired_ratio, paired_ratios
 from echo20.bench.targets import C_LOOP, TARGETS
 from echo20.bench.units import fmt, fmt_ratio, format_size
 
@@ -55,6 +55,15 @@ class Transport:
     settings: dict[str, Any]
     cells: list[Cell]
     problems: list[str]
+
+    @property
+    def kind(self) -> str:
+        """``tcp``, ``tls`` or ``unix``: the last word of the report's stem."""
+        return self.stem.rsplit("-", 1)[-1]
+
+
+def of_kind(transports: Sequence[Transport], kind: str) -> Transport | None:
+    return next((t for t in transports if t.kind == kind), None)
 
 
 def closed_cells(transport: Transport) -> list[Cell]:
@@ -116,7 +125,7 @@ def figure_text(cell: Cell, index: dict[tuple[str, int], Cell], metric: Metric) 
     s = cell.summary
     if s.get("error") is not None:
         return missing_text(cell)
-    value = statistics.median(cell.values(metric)) if cell.values(metric) else None
+    value = cell.median(metric)
     ratios = [fmt_ratio(ratio(cell, c_cell(cell, index), metric))]
     base = base_cell(cell, index)
     if base is not None:
@@ -151,17 +160,25 @@ def not_run_lines(transport: Transport) -> list[str]:
 
 
 def open_loop_table(transports: Sequence[Transport]) -> list[str]:
-    """p50 and p99 at the asked share of each target's closed-loop rate, per transport."""
+    """p50 and p99 at the asked share of each target's closed-loop rate, per transport:
+    one table per open-loop size."""
     opened = [t for t in transports if any(cell.rate for cell in t.cells)]
-    if not opened:
-        return []
+    sizes = sorted({cell.size for t in opened for cell in t.cells if cell.rate is not None})
+    lines: list[str] = []
+    for size in sizes:
+        lines += open_loop_table_at(opened, size)
+    return lines
+
+
+def open_loop_table_at(opened: Sequence[Transport], size: int) -> list[str]:
     headers = ["target"]
     for t in opened:
         headers += [f"{t.title}: rate", "p50 µs", "p99 µs"]
     per_transport = [
-        {cell.target.label: cell for cell in t.cells if cell.rate is not None} for t in opened
+        {c.target.label: c for c in t.cells if c.rate is not None and c.size == size}
+        for t in opened
     ]
-    labels = [cell.target.label for cell in target_order([c for t in opened for c in t.cells])]
+    labels = [c.target.label for c in target_order([c for t in opened for c in t.cells])]
     rows: list[list[str]] = []
     for label in labels:
         row = [f"`{label}`"]
@@ -179,31 +196,30 @@ def open_loop_table(transports: Sequence[Transport]) -> list[str]:
                 fmt(latency.get("p99")),
             ]
         rows.append(row)
-    first = next(cell for cell in opened[0].cells if cell.rate is not None)
+    first = next(c for t in opened for c in t.cells if c.rate is not None and c.size == size)
     return [
-        f"{first.connections} connections × {format_size(first.size)}, at {first.rate} of "
+        f"{first.connections} connections × {format_size(size)}, at {first.rate} of "
         "each target's own closed-loop rate in the same repeat; latency from when each "
         "message was due (coordinated omission corrected), pooled over the repeats. "
         "`behind`: the server answered less than 95 % of the asked rate.",
         "",
         markdown_table(headers, rows),
+        "",
     ]
 
 
-def against_base_rows(transports: Sequence[Transport]) -> list[list[str]]:
+def against_base_rows(transports: Sequence[Transport], shapes: Sequence[str]) -> list[list[str]]:
     """Per loop and transport: each shape's CPU per round trip over asyncio's, the
     median over the sizes (the range in brackets)."""
-    shapes = [name for name in TARGETS if name not in ("c",)]
     rows: list[list[str]] = []
     for t in transports:
         cells = closed_cells(t)
         index = by_label_and_size(cells)
-        used_shapes = [s for s in shapes if any(c.target.name == s for c in cells)]
         for loop in loops.LOOP_NAMES:
             if loop == BASE_LOOP or not any(c.target.loop == loop for c in cells):
                 continue
             row = [f"{loop}", t.title]
-            for shape in used_shapes:
+            for shape in shapes:
                 found = [
                     r
                     for c in cells
@@ -229,19 +245,16 @@ def shape_headers(transports: Sequence[Transport]) -> list[str]:
 
 
 def median_cpu(cell: Cell | None) -> float | None:
-    if cell is None or not measured(cell):
-        return None
-    values = cell.values(cpu_per_round_trip)
-    return statistics.median(values) if values else None
+    return None if cell is None or not measured(cell) else cell.median(cpu_per_round_trip)
 
 
 def tls_costs(transports: Sequence[Transport], size: int) -> dict[str, float]:
     """What TLS adds to each of c, floor-uvloop and protocol-uvloop at ``size``: its CPU
     per round trip over TLS less the same over TCP (keys present when both ran)."""
-    by_stem = {t.stem.rsplit("-", 1)[-1]: by_label_and_size(closed_cells(t)) for t in transports}
-    tcp, tls = by_stem.get("tcp"), by_stem.get("tls")
-    if tcp is None or tls is None:
+    plain, secure = of_kind(transports, "tcp"), of_kind(transports, "tls")
+    if plain is None or secure is None:
         return {}
+    tcp, tls = by_label_and_size(closed_cells(plain)), by_label_and_size(closed_cells(secure))
     costs: dict[str, float] = {}
     for label in (f"c-{C_LOOP}", "floor-uvloop", "protocol-uvloop"):
         over_tls = median_cpu(tls.get((label, size)))
@@ -253,7 +266,7 @@ def tls_costs(transports: Sequence[Transport], size: int) -> dict[str, float]:
 
 def tls_target_line(transports: Sequence[Transport]) -> list[str]:
     """The TLS target, met or not, with its repeats, and what TLS costs each layer."""
-    tls = next((t for t in transports if t.stem.endswith("tls")), None)
+    tls = of_kind(transports, "tls")
     if tls is None:
         return []
     index = by_label_and_size(closed_cells(tls))
@@ -264,11 +277,7 @@ def tls_target_line(transports: Sequence[Transport]) -> list[str]:
     found = ratio(cell, c, cpu_per_round_trip)
     if found is None:
         return []
-    per_repeat = [
-        run.cpu_us_per_rt / ref.cpu_us_per_rt
-        for run, ref in zip(cell.runs, c.runs, strict=False)
-        if run.cpu_us_per_rt and ref.cpu_us_per_rt
-    ]
+    per_repeat = paired_ratios(cell.runs, c.runs, cpu_per_round_trip)
     verdict = "met" if found <= TLS_TARGET else "NOT met"
     repeats = ", ".join(fmt_ratio(r) for r in per_repeat)
     line = (
@@ -301,7 +310,7 @@ def tls_target_line(transports: Sequence[Transport]) -> list[str]:
 
 def published_lines(transports: Sequence[Transport]) -> list[str]:
     """Our uvloop-over-asyncio figures beside rloop's published ones, and why they differ."""
-    tcp = next((t for t in transports if t.stem.endswith("tcp")), None)
+    tcp = of_kind(transports, "tcp")
     if tcp is None:
         return []
     index = by_label_and_size(closed_cells(tcp))
@@ -454,14 +463,14 @@ def render_page(
         md += [f"### {t.title}", "", *figure_table(t, round_trips_per_second), ""]
     opened = open_loop_table(transports)
     if opened:
-        md += ["## Open loop: latency at half load", "", *opened, ""]
+        md += ["## Open loop: p50 and p99 at a share of capacity", "", *opened]
     shapes = shape_headers(transports)
     md += ["## Each loop against asyncio", ""]
     md += [
         "CPU per round trip over the same target's on asyncio: the median over the "
         "sizes, their range in brackets (below 1: the loop costs less).",
         "",
-        markdown_table(["loop", "transport", *shapes], against_base_rows(transports)),
+        markdown_table(["loop", "transport", *shapes], against_base_rows(transports, shapes)),
         "",
     ]
     findings = tls_target_line(transports)

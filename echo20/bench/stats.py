@@ -17,7 +17,7 @@ from echo20.bench import histograms
 from echo20.bench.measure import Run
 from echo20.bench.targets import Target
 
-__all__ = ["SPREAD_METRICS", "Cell", "add_ratios", "paired_ratio"]
+__all__ = ["SPREAD_METRICS", "Cell", "Metric", "add_ratios", "paired_ratio", "paired_ratios"]
 
 Metric = Callable[[Run], float | None]
 
@@ -133,8 +133,8 @@ class Cell:
         return summary
 
 
-def paired_ratio(runs: Sequence[Run], reference: Sequence[Run], metric: Metric) -> float | None:
-    """Median over the repeats of ``metric`` divided by the reference's in the same repeat.
+def paired_ratios(runs: Sequence[Run], reference: Sequence[Run], metric: Metric) -> list[float]:
+    """``metric`` of each repeat divided by the reference's in the same repeat.
 
     Repeat i of every target ran within seconds of repeat i of the reference, so pairing
     them cancels what the machine's load did between repeats.
@@ -144,6 +144,12 @@ def paired_ratio(runs: Sequence[Run], reference: Sequence[Run], metric: Metric) 
         value, base = metric(run), metric(ref)
         if run.error is None and ref.error is None and value is not None and base:
             ratios.append(value / base)
+    return ratios
+
+
+def paired_ratio(runs: Sequence[Run], reference: Sequence[Run], metric: Metric) -> float | None:
+    """The median of paired_ratios: what a cell's ``vs_c`` figures are."""
+    ratios = paired_ratios(runs, reference, metric)
     return statistics.median(ratios) if ratios else None
 
 
