@@ -9,6 +9,7 @@ cells made by hand. No figure's size is asserted: that is the machine's.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shutil
@@ -21,6 +22,7 @@ from echo20.bench.loop_page import Transport, render_page
 from echo20.bench.measure import Run
 from echo20.bench.stats import Cell, add_ratios
 from echo20.bench.targets import Target
+from echo20.bench.units import name_list
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the benchmark needs cc")
 
@@ -251,3 +253,11 @@ def test_every_row_has_every_column_and_every_open_loop_size_its_table() -> None
     assert "| uvloop | Unix | – | 1.00× |" in page
     assert "16 connections × 200 B, at 50% of" in page
     assert "16 connections × 1 KiB, at 50% of" in page
+
+
+def test_a_name_given_twice_is_taken_once() -> None:
+    """--transports tcp,tcp (or --loops uvloop,uvloop) would measure it twice."""
+    parse = name_list(("tcp", "tls", "unix"))
+    assert parse("tcp, unix,tcp") == ["tcp", "unix"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown: pigeon"):
+        parse("tcp,pigeon")

@@ -89,7 +89,9 @@ def name_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
     """argparse type for a comma-separated list of names taken from ``choices``."""
 
     def parse(text: str) -> list[str]:
-        names = [part.strip() for part in text.split(",") if part.strip()]
+        # Each once, in the order given: a name twice would measure the same thing twice
+        # (and write one transport's report over another's).
+        names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
         unknown = [name for name in names if name not in choices]
         if unknown:
             raise argparse.ArgumentTypeError(
