@@ -8,6 +8,7 @@ that the open loop keeps its schedule's accounts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import pytest
 from support import PYTHON, TIMEOUT, running_server
 
 from echo20 import loops
-from echo20.bench import budgets, cli, compare, tools, units
+from echo20.bench import budgets, cli, compare, stats, tools, units
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="the benchmark needs cc")
 
@@ -259,6 +260,24 @@ def test_compare_command_prints_ratios_and_what_changed(
     out = capsys.readouterr().out
     assert "uvloop: uvloop 0.21 -> uvloop 0.22" in out
     assert "better" in out
+    # One cell, changed beyond noise, against a third of cells that chance leaves apart.
+    assert (
+        "- CPU µs/rt: 0 of 1 cells within noise (0 %; 1 better, 0 worse); chance alone "
+        "leaves 67 % within" in out
+    )
+    assert "- p50: 1 of 1 cells within noise (100 %; 0 better, 0 worse)" in out
+
+
+def test_two_runs_spreads_miss_each_other_by_chance_this_often() -> None:
+    """2 m! n! / (m + n)!: checked against every order of the draws, counted."""
+    assert stats.chance_apart(2, 2) == pytest.approx(1 / 3)
+    assert stats.chance_apart(3, 3) == pytest.approx(1 / 10)
+    assert stats.chance_apart(4, 4) == pytest.approx(1 / 35)
+    for m, n in [(2, 3), (3, 3), (2, 4)]:
+        orders = list(itertools.permutations(["old"] * m + ["new"] * n))
+        # Sorted by value, the spreads miss when one run's draws all come first.
+        apart = sum(order[:m] == ("old",) * m or order[:n] == ("new",) * n for order in orders)
+        assert stats.chance_apart(m, n) == pytest.approx(apart / len(orders))
 
 
 def test_compare_refuses_a_file_that_is_not_a_result(

@@ -155,6 +155,8 @@ def test_the_published_comparison_and_the_spread_are_computed() -> None:
     # Each loop against asyncio, per shape.
     assert "| uvloop | TCP over 127.0.0.1 |" in page
     assert "**Spread.** Between the 2 repeats of one cell" in page
+    assert "finds about 67 % of its cells within those spreads" in page
+    assert "miss each other by chance in one cell of 3," in page
 
 
 def test_the_tls_target_says_what_tls_costs_each_layer() -> None:

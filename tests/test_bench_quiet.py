@@ -227,3 +227,34 @@ def child_status_change(pid: int, option: int) -> int:
     waiter.join(TIMEOUT)
     assert changed, f"process {pid} did not change state within {TIMEOUT} s"
     return changed[0]
+
+
+@pytest.fixture
+def idle_server() -> Iterator[SimpleNamespace]:
+    """Stands in for a server: a process that uses no CPU."""
+    idle = subprocess.Popen([PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        yield SimpleNamespace(pid=idle.pid, idle_share=0.0, process=idle)
+    finally:
+        idle.communicate(b"", timeout=TIMEOUT)
+
+
+def test_a_process_busy_through_a_wait_is_named_when_the_wait_runs_out(
+    hog: subprocess.Popen[bytes], idle_server: SimpleNamespace
+) -> None:
+    quiet = processes.wait_until_quiet(idle_server, wait=0.3)  # type: ignore[arg-type]
+    assert not quiet.server_busy
+    assert any(f"(pid {hog.pid}) " in text for text in quiet.others), quiet.others
+
+
+def test_without_a_wait_the_cells_window_names_a_busy_process_not_the_short_look(
+    hog: subprocess.Popen[bytes], idle_server: SimpleNamespace
+) -> None:
+    """One 0.05 s look counts another process in 10 ms ticks, too coarse to name it: the
+    cell counts from that look's start (``since``) to its own end instead."""
+    quiet = processes.wait_until_quiet(idle_server, wait=0.0)  # type: ignore[arg-type]
+    assert quiet.others == []
+    assert quiet.since is not None
+    time.sleep(0.3)  # sleep-ok: CPU time accrues over an interval, as in a cell
+    window = busy_processes(quiet.since, MachineSample.take(), exclude=set(), least_pct=10.0)
+    assert any(f"(pid {hog.pid}) " in text for text in window), window

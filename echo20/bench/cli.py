@@ -312,8 +312,8 @@ def add_loops_command(commands: Subcommands) -> None:
         connections="16",
         sizes="200,1k,10k,100k",
         warmup=0.15,
-        duration=0.4,
-        repeats=2,
+        duration=0.3,
+        repeats=3,
         targets=LOOP_PAGE_TARGETS,
     )
     page.add_argument(

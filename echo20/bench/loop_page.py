@@ -19,7 +19,7 @@ from echo20 import loops
 from echo20.bench.environment import describe
 from echo20.bench.measure import NOISE_FLAGS, Run
 from echo20.bench.report import markdown_table
-from echo20.bench.stats import Cell, Metric, paired_ratio, paired_ratios
+from echo20.bench.stats import Cell, Metric, chance_apart, paired_ratio, paired_ratios
 from echo20.bench.targets import C_LOOP, TARGETS
 from echo20.bench.units import fmt, fmt_ratio, format_size
 
@@ -366,12 +366,16 @@ def spread_line(transports: Sequence[Transport]) -> list[str]:
         return ["**Spread.** One repeat per cell: this run states no spread."]
     median = statistics.median(spreads)
     high = spreads[min(len(spreads) - 1, int(0.9 * len(spreads)))]
+    apart = chance_apart(repeats, repeats)
     return [
         f"**Spread.** Between the {repeats} repeats of one cell, CPU per round trip "
         f"differed by {100 * median:.0f} % of its median in the middle cell and by "
         f"{100 * high:.0f} % or less in nine cells of ten (each cell's lowest and highest "
-        "repeat are in the JSON reports). A rerun agrees with this page when "
-        "`echo20-bench compare OLD.json NEW.json` finds its cells within those spreads."
+        "repeat are in the JSON reports). A rerun with as many repeats agrees with this "
+        "page when `echo20-bench compare OLD.json NEW.json` finds about "
+        f"{100 * (1 - apart):.0f} % of its cells within those spreads: even with nothing "
+        f"changed, two spreads of {repeats} repeats miss each other by chance in one cell "
+        f"of {1 / apart:.0f}, and compare prints that share beside the one it found."
     ]
 
 

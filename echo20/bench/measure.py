@@ -201,11 +201,13 @@ def measure_into(
     pinning: Pinning,
     samples: Path,
 ) -> None:
+    since: MachineSample | None = None
     if server.exit_status() is None:
         quiet = wait_until_quiet(server, wait=load.wait_quiet)
         if quiet.server_busy:
             run.flags.append("busy-before")
         run.others_before = quiet.others
+        since = quiet.since
     run.idle_cpu_pct = 100 * server.idle_share
     average = load_average()
     run.loadavg_1m = average[0] if average else None
@@ -213,7 +215,9 @@ def measure_into(
         run.error = f"server exited with status {server.exit_status()}: {server.stderr_tail(1)}"
         return
     reset_peak_rss(server.pid)
-    machine = MachineSample.take()
+    # Other processes are counted from the quiet check's last interval on: a process
+    # busy just before the cell is then weighed over more than one short interval.
+    machine = since or MachineSample.take()
     try:
         report = run_loadgen(
             tools,

@@ -19,7 +19,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -52,8 +52,12 @@ STOP_TIMEOUT = 10.0
 PRIME_TIMEOUT = 10.0
 # Before each cell the server must have been quiet (under QUIET_SHARE of a CPU beyond
 # what it uses with no client at all) for one QUIET_INTERVAL, waiting at most
-# QUIET_TIMEOUT seconds; other processes are looked at over the same interval.
-QUIET_INTERVAL = 0.2
+# QUIET_TIMEOUT seconds; other processes are looked at over the same interval. The
+# server's CPU time is in nanoseconds, so a short interval tells idle from busy; it is
+# paid before every run, and at 0.2 s it was a quarter of a loop page's time.
+QUIET_INTERVAL = 0.05
+# The servers' CPU with no client at all is sampled once, at start, over this long.
+IDLE_INTERVAL = 0.2
 QUIET_SHARE = 0.02
 QUIET_TIMEOUT = 15.0
 # Another process using this much of a CPU before or during a cell is named in its notes.
@@ -150,52 +154,61 @@ def process_cpu_ns(pid: int) -> int | None:
 
 @dataclass(frozen=True)
 class Quiet:
-    """What the machine was doing just before a cell: whether the server was still busy
-    (after QUIET_TIMEOUT), and the other processes busy in the last interval."""
+    """What the machine was doing up to a cell: whether the server was still busy (after
+    QUIET_TIMEOUT); the other processes still busy when a ``--wait-quiet`` wait ran
+    out, by their share over the whole wait; and the sample the last interval began
+    with, from which the cell counts other processes' CPU (``others-busy``)."""
 
     server_busy: bool
     others: list[str]
+    since: MachineSample | None = field(default=None, compare=False)
 
 
 def wait_until_quiet(server: Server, *, wait: float = 0.0) -> Quiet:
     """Wait until the server is idle (at most QUIET_TIMEOUT) and, for up to ``wait``
-    seconds, until no other process is busy; what was still busy at the end.
+    seconds, until no other process is busy and the load average is low; what was
+    still busy at the end.
 
     A slow server may still be answering the previous cell's last messages after its
     clients left; that work must not land in the next cell's window. Idle is the
     server's own idle share: a server that spins with no client is idle at that level.
+    Another process's time is counted in 10 ms ticks, so over one short interval a
+    single tick looks busy: that only makes a wait go on, and the cell's own window
+    (from ``since`` to its end) is what names a process that shaped it.
     """
     started = time.monotonic()
     exclude = {os.getpid(), server.pid, server.process.pid}
     allowed = QUIET_INTERVAL * 1e9 * (server.idle_share + QUIET_SHARE)
+    first = machine = MachineSample.take()
     while True:
-        machine = MachineSample.take()
         before = process_cpu_ns(server.pid)
         time.sleep(QUIET_INTERVAL)  # sleep-ok: sampling CPU times over an interval
         after = process_cpu_ns(server.pid)
-        others = busy_processes(
-            machine, MachineSample.take(), exclude=exclude, least_pct=OTHER_BUSY_PCT
-        )
+        now = MachineSample.take()
+        others = busy_processes(machine, now, exclude=exclude, least_pct=OTHER_BUSY_PCT)
         idle = before is None or after is None or after - before < allowed
         elapsed = time.monotonic() - started
         # The load average too: it stays up for a minute after a burst (the run's own
         # servers starting, say), and a cell measured meanwhile is marked ``loaded``.
         average = load_average()
         calm = not others and not loaded(average[0] if average else None)
-        if idle and (calm or elapsed >= wait):
-            return Quiet(False, others)
-        if not idle and elapsed >= QUIET_TIMEOUT:
-            return Quiet(True, others)
+        waited_out = elapsed >= wait
+        if (idle and (calm or waited_out)) or (not idle and elapsed >= QUIET_TIMEOUT):
+            lasting = []
+            if others and wait > 0:
+                lasting = busy_processes(first, now, exclude=exclude, least_pct=OTHER_BUSY_PCT)
+            return Quiet(not idle, lasting, machine)
+        machine = now
 
 
 def measure_idle_shares(servers: Sequence[Server]) -> None:
-    """Each server's share of a CPU with no client, over one QUIET_INTERVAL for all."""
+    """Each server's share of a CPU with no client, over one IDLE_INTERVAL for all."""
     before = {server.pid: process_cpu_ns(server.pid) for server in servers}
-    time.sleep(QUIET_INTERVAL)  # sleep-ok: sampling the servers' CPU times
+    time.sleep(IDLE_INTERVAL)  # sleep-ok: sampling the servers' CPU times
     for server in servers:
         first, then = before[server.pid], process_cpu_ns(server.pid)
         if first is not None and then is not None:
-            server.idle_share = (then - first) / (QUIET_INTERVAL * 1e9)
+            server.idle_share = (then - first) / (IDLE_INTERVAL * 1e9)
 
 
 @dataclass

@@ -300,12 +300,13 @@ own CPU, checking every reply byte) used at least 90 % of its CPU while the serv
 less, so the server could have done more: its round trips per second are the load
 generator's limit, its CPU per round trip is still its own. `contended`: other processes
 took more than 10 % of one of the two pinned CPUs during the window: expect noise.
-`others-busy`: some other process used at least 10 % of a CPU while the cell ran (named
-under "Other processes busy during the run"); `others-before`: one did in the 0.2 s
-before the cell (after `--wait-quiet`, if given). `steal`: the hypervisor gave more than
-10 % of a pinned CPU to other machines in the window (and more than one 10 ms tick of
-/proc/stat, its resolution); the server's CPU time leaves stolen time out on kernels
-with paravirtual steal accounting, so steal shapes rt/s more than CPU µs/rt. `loaded`:
+`others-busy`: some other process used at least 10 % of a CPU from the check just
+before the cell to its end (named under "Other processes busy during the run");
+`others-before`: one was still that busy when a `--wait-quiet` wait ran out. `steal`:
+the hypervisor gave more than 10 % of a pinned CPU to other machines in the window (and
+more than one 10 ms tick of /proc/stat, its resolution); the server's CPU time leaves
+stolen time out on kernels with paravirtual steal accounting, so steal shapes rt/s more
+than CPU µs/rt. `loaded`:
 the 1-minute load average was at least the usable CPUs + 1 when the cell started.
 `busy-idle`: the server uses more than 5 % of a CPU with no client at all (it spins; its
 CPU per round trip includes that; it is stopped with SIGSTOP while the other targets are

@@ -8,6 +8,7 @@ so a later run can be told apart from noise (``echo20-bench compare``).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,15 @@ from echo20.bench import histograms
 from echo20.bench.measure import Run
 from echo20.bench.targets import Target
 
-__all__ = ["SPREAD_METRICS", "Cell", "Metric", "add_ratios", "paired_ratio", "paired_ratios"]
+__all__ = [
+    "SPREAD_METRICS",
+    "Cell",
+    "Metric",
+    "add_ratios",
+    "chance_apart",
+    "paired_ratio",
+    "paired_ratios",
+]
 
 Metric = Callable[[Run], float | None]
 
@@ -170,3 +179,16 @@ def add_ratios(cells: Sequence[Cell]) -> None:
             "p99": paired_ratio(cell.runs, c.runs, lambda r: r.latency_us.get("p99")),
             "mib_per_s": paired_ratio(cell.runs, c.runs, lambda r: r.mib_per_s),
         }
+
+
+def chance_apart(old_repeats: int, new_repeats: int) -> float:
+    """How often two runs' spreads (lowest to highest repeat) miss each other by chance
+    alone, when every repeat of both is a draw from one distribution.
+
+    They miss when all of one run's repeats lie below all of the other's: of the
+    (m + n)! orders of the draws, m! n! put the old ones first and as many the new
+    ones, so 2 m! n! / (m + n)!. With 2 repeats a side that is 1 in 3; with 3, 1 in
+    10; with 4, 1 in 35. A rerun "within the spread" is judged against this share.
+    """
+    m, n = old_repeats, new_repeats
+    return 2 * math.factorial(m) * math.factorial(n) / math.factorial(m + n)
