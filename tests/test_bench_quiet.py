@@ -76,6 +76,22 @@ def test_strict_writes_no_report_when_another_process_was_busy(
     assert not (bench_out / "bench.md").exists()
 
 
+def test_strict_cold_start_writes_no_report_when_another_process_was_busy(
+    bench_out: Path, hog: subprocess.Popen[bytes]
+) -> None:
+    """cold-start measures CPU per round trip too: under --strict a pair on a busy
+    machine is measured again on a fresh server, then refused in one line."""
+    result = bench(
+        "cold-start", "--targets", "c", "--connections", "1", "--sizes", "8", *QUICK,
+        "--strict", "--out", str(bench_out),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("echo20-bench: --strict: c-epoll 1 × 8 B cold ")
+    assert f"(pid {hog.pid})" in result.stderr
+    assert not (bench_out / "cold-start.json").exists()
+
+
 def test_a_busy_process_is_named_and_an_idle_one_is_not(hog: subprocess.Popen[bytes]) -> None:
     idle = subprocess.Popen([PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:

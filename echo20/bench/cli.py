@@ -394,6 +394,7 @@ def add_cold_start_command(commands: Subcommands) -> None:
         formatter_class=cli.HelpFormatter,
     )
     add_matrix_arguments(cold, connections="16", sizes="200", warmup=0.5, duration=2.0, repeats=3)
+    add_quiet_arguments(cold)
 
 
 def add_server_commands(commands: Subcommands) -> None:

@@ -16,12 +16,19 @@ import subprocess
 import time
 from contextlib import suppress
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from echo20.bench import report
 from echo20.bench.environment import describe, load_average
-from echo20.bench.matrix import matrix_points, prepare, progress_bar
+from echo20.bench.matrix import (
+    matrix_points,
+    measure_quietly,
+    prepare,
+    progress_bar,
+    refuse_noise,
+)
 from echo20.bench.measure import LOADGEN_GRACE, Load, Run, measure
 from echo20.bench.processes import Pinning, Server, prime, read_line, read_status_kib
 from echo20.bench.processes import start_target as launch
@@ -180,18 +187,24 @@ def command_cold_start(args: argparse.Namespace) -> int:
     points, _ = matrix_points(args.connections, args.sizes, args.max_inflight)
     cold = {(t, p): Cell(t, *p) for t in targets for p in points}
     warm = {(t, p): Cell(t, *p) for t in targets for p in points}
-    load = Load(args.warmup, args.duration, args.ramp_timeout)
+    load = Load(args.warmup, args.duration, args.ramp_timeout, wait_quiet=args.wait_quiet)
     with progress_bar(len(targets) * len(points) * args.repeats) as status:
         for repeat in range(args.repeats):
             for point in points:
                 for target in targets:
                     where = f"{target.label} {point[0]} × {format_size(point[1])}"
                     status.now(f"{where} cold and warm (repeat {repeat + 1}/{args.repeats})")
-                    cold_run, warm_run = cold_and_warm(
-                        target, point, tools, args, pinning, out_dir, load
-                    )
-                    cold[(target, point)].runs.append(cold_run)
-                    warm[(target, point)].runs.append(warm_run)
+                    cells = (cold[(target, point)], warm[(target, point)])
+                    measure_pair = partial(
+                        cold_and_warm_into, cells, target, point, tools, args, pinning,
+                        out_dir, load,
+                    )  # fmt: skip
+                    if not args.strict:
+                        measure_pair()
+                    else:
+                        # A noisy pair is measured again on a fresh server, as a whole.
+                        runs = measure_quietly(measure_pair, cells, status)
+                        refuse_noise(target, point, ("cold", "warm"), runs)
                     status.done(where)
     env["loadavg_end"] = load_average()
     results = [cold_start_result(cold_cell, warm[key]) for key, cold_cell in cold.items()]
@@ -216,6 +229,9 @@ def cold_start_result(cold_cell: Cell, warm_cell: Cell) -> dict[str, Any]:
         "ratio": statistics.median(ratios) if ratios else None,
         "ratios": ratios,
         "error": cold_cell.error or warm_cell.error,
+        "flags": list(
+            dict.fromkeys(f for r in (*cold_cell.runs, *warm_cell.runs) for f in r.flags)
+        ),
         "cold_runs": [asdict(r) for r in cold_cell.runs],
         "warm_runs": [asdict(r) for r in warm_cell.runs],
     }
@@ -237,7 +253,7 @@ def write_cold_start_report(
             fmt(r["cold_cpu_us_per_rt"]),
             fmt(r["warm_cpu_us_per_rt"]),
             fmt_ratio(r["ratio"]),
-            f"ERROR: {r['error']}" if r["error"] else "",
+            f"ERROR: {r['error']}" if r["error"] else ", ".join(r["flags"]),
         ]
         for r in results
     ]
@@ -262,6 +278,23 @@ def write_cold_start_report(
     ]
     (out_dir / "cold-start.md").write_text("\n".join(md))
     print(f"wrote {out_dir / 'cold-start.json'}, {out_dir / 'cold-start.md'}")
+
+
+def cold_and_warm_into(
+    cells: tuple[Cell, Cell],
+    target: Target,
+    point: tuple[int, int],
+    tools: Tools,
+    args: argparse.Namespace,
+    pinning: Pinning,
+    out_dir: Path,
+    load: Load,
+) -> list[Run]:
+    """One repeat of ``cold_and_warm``, its runs added to the cold and the warm cell."""
+    runs = cold_and_warm(target, point, tools, args, pinning, out_dir, load)
+    for cell, run in zip(cells, runs, strict=True):
+        cell.runs.append(run)
+    return list(runs)
 
 
 def cold_and_warm(
