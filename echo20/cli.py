@@ -230,6 +230,17 @@ def listen_error_line(program: str, where: str, error: OSError) -> None:
     error_line(program, f"cannot listen on {where}: {reason.lower()}")
 
 
+# The exit status shells report for a process ended by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
+
+
+def reader_went_away() -> int:
+    """After a BrokenPipeError on stdout (``| head``): end quietly, as a process killed by
+    SIGPIPE would, and keep Python from reporting the failed final flush."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
+
+
 def error_line(program: str, message: str) -> None:
     """One line on stderr, ``program: message``: the only output of a failure."""
     print(f"{program}: {message}", file=sys.stderr, flush=True)

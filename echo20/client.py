@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
 import ssl
 import sys
 from collections.abc import Iterable
@@ -49,9 +48,8 @@ __all__ = ["exchange", "main"]
 
 PROGRAM = "echo20-client"
 
-# Exit statuses as shells report a process ended by SIGINT (Ctrl-C) and by SIGPIPE.
+# The exit status shells report for a process ended by SIGINT (Ctrl-C).
 EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141
 
 
 async def exchange(
@@ -240,10 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # Whoever read our output stopped (``| head``): end quietly, as a process killed
-        # by SIGPIPE would, and keep Python from reporting the failed final flush.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+        return cli.reader_went_away()
     return 0
 
 

@@ -268,6 +268,70 @@ def test_compare_command_prints_ratios_and_what_changed(
     assert "- p50: 1 of 1 cells within noise (100 %; 0 better, 0 worse)" in out
 
 
+def paired_document(c_cpu: list[float], protocol_cpu: list[float]) -> dict[str, Any]:
+    """A bench.json with the C server's cell and protocol-uvloop's at one point, each
+    keeping its repeats, repeat i of one measured beside repeat i of the other."""
+    document = result_document(cpu=protocol_cpu, p50=[30.0] * len(protocol_cpu))
+    (protocol,) = document["cells"]
+    c = result_document(cpu=c_cpu, p50=[20.0] * len(c_cpu))["cells"][0] | {"label": "c-epoll"}
+    for cell, cpu, target in ((protocol, protocol_cpu, "protocol"), (c, c_cpu, "c")):
+        cell["target"] = target
+        cell["runs"] = [{"cpu_us_per_rt": value, "error": None} for value in cpu]
+    document["cells"] = [c, protocol]
+    return document
+
+
+def test_compare_leaves_out_a_host_that_slowed_every_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rerun 1.25x slower throughout, the C server included, moves every cell's own
+    figure out of the old spread and leaves its ratio to C where it was."""
+    old = paired_document(c_cpu=[5.0, 5.2, 5.4], protocol_cpu=[6.0, 6.5, 6.6])
+    new = paired_document(c_cpu=[6.25, 6.5, 6.75], protocol_cpu=[7.5, 8.125, 8.25])
+    rows = {(row["cell"], row["figure"]): row for row in compare.compare_cells(old, new)}
+    assert rows[("protocol-uvloop 16 × 200 B closed", "cpu_us_per_rt")]["verdict"] == "worse"
+    by_c = rows[("protocol-uvloop 16 × 200 B closed", "cpu_vs_c")]
+    # The median of the repeats' own ratios (6 / 5, 6.5 / 5.2, 6.6 / 5.4).
+    assert by_c["old"] == pytest.approx(6.6 / 5.4)
+    assert by_c["ratio"] == pytest.approx(1.0)
+    assert by_c["verdict"] == "within noise"
+    assert ("c-epoll 16 × 200 B closed", "cpu_vs_c") not in rows
+    # The protocol server alone 1.25x slower: its ratio to C moves beyond noise.
+    slower = paired_document(c_cpu=[5.0, 5.2, 5.4], protocol_cpu=[7.5, 8.125, 8.25])
+    rows = {(row["cell"], row["figure"]): row for row in compare.compare_cells(old, slower)}
+    assert rows[("protocol-uvloop 16 × 200 B closed", "cpu_vs_c")]["verdict"] == "worse"
+    paths = tmp_path / "old.json", tmp_path / "new.json"
+    for path, document in zip(paths, (old, new), strict=True):
+        path.write_text(json.dumps(document))
+    assert cli.main(["compare", *map(str, paths)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "- CPU ÷ C: 1 of 1 cells within noise (100 %; 0 better, 0 worse); chance alone "
+        "leaves 90 % within" in out
+    )
+    assert "- the C server alone: CPU per round trip 1.25× the old run's (median of 1 cells)" in out
+
+
+def test_compare_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``compare ... | head``: the reader gone, the command ends quietly with 141, as
+    SIGPIPE would end it (unbuffered, so its first line meets the closed pipe)."""
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(paired_document(c_cpu=[5.0, 5.2], protocol_cpu=[6.0, 6.5])))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # before the command writes anything: its first write fails
+    try:
+        result = subprocess.run(
+            [PYTHON, "-u", "-m", "echo20.bench", "compare", str(path), str(path)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, b"")
+
+
 def test_two_runs_spreads_miss_each_other_by_chance_this_often() -> None:
     """2 m! n! / (m + n)!: checked against every order of the draws, counted."""
     assert stats.chance_apart(2, 2) == pytest.approx(1 / 3)

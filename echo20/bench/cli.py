@@ -471,13 +471,19 @@ def main(argv: list[str] | None = None) -> int:
         "cold-start": command_cold_start,
     }
     try:
-        return handlers[args.command](args)
+        status = handlers[args.command](args)
+        # Output into a pipe is buffered: flush it here, where a reader gone away
+        # (``| head``) is caught, not at exit, where Python reports it.
+        sys.stdout.flush()
+        return status
     except BenchError as error:
         cli.error_line(PROGRAM, str(error))
         return 1
     except KeyboardInterrupt:
         cli.error_line(PROGRAM, "interrupted: every server was stopped")
         return 130
+    except BrokenPipeError:
+        return cli.reader_went_away()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ other now and then: with 2 repeats a side, in one cell of three. So under the ta
 for each figure, the share of cells within noise is set beside the share chance alone
 would leave within (``stats.chance_apart``); a rerun agrees with its page when the two
 are close, not when every cell is within.
+
+A whole run can also meet a slower or faster phase of the host: on a VM every target,
+the C server included, can measure 10-25 % slower for the many minutes of a run. That
+moves each cell out of the other run's spread in one direction, and says nothing about
+the servers. So each cell's CPU per round trip over the C server's, taken repeat by
+repeat (each repeat of a target ran within seconds of the C server's), is a figure of
+its own, ``CPU ÷ C``: the one a loop page's claims rest on.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 from echo20.bench import report
 from echo20.bench.environment import describe
 from echo20.bench.stats import chance_apart
+from echo20.bench.targets import C_LOOP
 from echo20.bench.units import fmt, format_size
 from echo20.errors import BenchError
 
@@ -38,7 +46,16 @@ FIGURES: dict[str, tuple[tuple[str, ...], bool]] = {
     "p50": (("latency_us", "p50"), True),
     "p99": (("latency_us", "p99"), True),
 }
-FIGURE_NAMES = {"cpu_us_per_rt": "CPU µs/rt", "rt_per_s": "rt/s", "p50": "p50", "p99": "p99"}
+# Not read from the cell but computed from its repeats and the C server's (ratio_spreads).
+CPU_VS_C = "cpu_vs_c"
+FIGURE_NAMES = {
+    "cpu_us_per_rt": "CPU µs/rt",
+    "rt_per_s": "rt/s",
+    "p50": "p50",
+    "p99": "p99",
+    CPU_VS_C: "CPU ÷ C",
+}
+LOWER_IS_BETTER = {figure: lower for figure, (_, lower) in FIGURES.items()} | {CPU_VS_C: True}
 HEADERS = ("cell", "figure", "old", "new", "new / old", "verdict")
 
 
@@ -78,22 +95,67 @@ def figure_of(cell: dict[str, Any], path: tuple[str, ...]) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def verdict(old: dict[str, Any], new: dict[str, Any], figure: str, ratio: float) -> str:
+def verdict(
+    old_spread: Sequence[float] | None,
+    new_spread: Sequence[float] | None,
+    repeats: tuple[int, int],
+    figure: str,
+    ratio: float,
+) -> str:
     """``better``, ``worse``, ``within noise``, or why it cannot be told."""
-    old_spread = old.get("spread", {}).get(figure)
-    new_spread = new.get("spread", {}).get(figure)
-    if old.get("repeats", 1) < 2 or new.get("repeats", 1) < 2 or not old_spread or not new_spread:
+    if min(repeats) < 2 or not old_spread or not new_spread:
         return "one repeat: no spread to judge by"
     if new_spread[0] <= old_spread[1] and old_spread[0] <= new_spread[1]:
         return "within noise"
-    lower_better = FIGURES[figure][1]
-    improved = ratio < 1 if lower_better else ratio > 1
+    improved = ratio < 1 if LOWER_IS_BETTER[figure] else ratio > 1
     return "better" if improved else "worse"
+
+
+def ratio_spreads(document: dict[str, Any]) -> dict[tuple[str, int, int, str], list[float]]:
+    """Per cell but the C server's: its CPU per round trip over the C server's at the
+    same point, repeat by repeat (bench.json keeps every repeat)."""
+    cells = [cell for cell in document["cells"] if not cell.get("error")]
+    reference = {
+        (cell["connections"], cell["size"], cell.get("rate")): cell
+        for cell in cells
+        if cell.get("target") == "c"
+    }
+    found: dict[tuple[str, int, int, str], list[float]] = {}
+    for cell in cells:
+        c = reference.get((cell["connections"], cell["size"], cell.get("rate")))
+        if c is None or c is cell:
+            continue
+        ratios = [
+            run["cpu_us_per_rt"] / ref["cpu_us_per_rt"]
+            for run, ref in zip(cell.get("runs", []), c.get("runs", []), strict=False)
+            if not run.get("error") and not ref.get("error")
+            and run.get("cpu_us_per_rt") and ref.get("cpu_us_per_rt")
+        ]  # fmt: skip
+        if ratios:
+            found[cell_key(cell)] = ratios
+    return found
+
+
+def ratio_row(key: tuple[str, int, int, str], old: list[float], new: list[float]) -> dict[str, Any]:
+    """The ``CPU ÷ C`` row of one cell, from its repeats' ratios in each run."""
+    before, after = statistics.median(old), statistics.median(new)
+    repeats = (len(old), len(new))
+    spreads = [min(old), max(old)], [min(new), max(new)]
+    return {
+        "cell": describe_key(key),
+        "figure": CPU_VS_C,
+        "old": before,
+        "new": after,
+        "ratio": after / before,
+        "verdict": verdict(*spreads, repeats, CPU_VS_C, after / before),
+        "repeats": repeats,
+    }
 
 
 def compare_cells(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per cell and figure measured in both runs."""
     old_cells = {cell_key(cell): cell for cell in old["cells"]}
+    old_ratios, new_ratios = ratio_spreads(old), ratio_spreads(new)
     rows: list[dict[str, Any]] = []
     for new_cell in new["cells"]:
         key = cell_key(new_cell)
@@ -118,6 +180,11 @@ def compare_cells(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, An
             if not before or after is None:
                 continue
             ratio = after / before
+            repeats = (old_cell.get("repeats", 1), new_cell.get("repeats", 1))
+            spreads = (
+                old_cell.get("spread", {}).get(figure),
+                new_cell.get("spread", {}).get(figure),
+            )
             rows.append(
                 {
                     "cell": describe_key(key),
@@ -125,10 +192,12 @@ def compare_cells(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, An
                     "old": before,
                     "new": after,
                     "ratio": ratio,
-                    "verdict": verdict(old_cell, new_cell, figure, ratio),
-                    "repeats": (old_cell.get("repeats", 1), new_cell.get("repeats", 1)),
+                    "verdict": verdict(*spreads, repeats, figure, ratio),
+                    "repeats": repeats,
                 }
             )
+        if key in old_ratios and key in new_ratios:
+            rows.append(ratio_row(key, old_ratios[key], new_ratios[key]))
     return rows
 
 
@@ -137,7 +206,7 @@ def agreement(rows: Sequence[dict[str, Any]]) -> list[str]:
     leave within with the same repeats (``- CPU µs/rt: 380 of 415 cells within noise
     (92 %); chance alone leaves 90 % within``)."""
     lines: list[str] = []
-    for figure in FIGURES:
+    for figure in FIGURE_NAMES:
         judged = [row for row in rows if row["figure"] == figure and min(row["repeats"]) >= 2]
         if not judged:
             continue
@@ -151,6 +220,23 @@ def agreement(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"{100 * expected:.0f} % within"
         )
     return lines
+
+
+def host_drift(rows: Sequence[dict[str, Any]]) -> str | None:
+    """How far the C server itself moved: a whole run slower or faster, C included, is
+    the host's speed, not the servers' (``CPU ÷ C`` leaves it out)."""
+    moves = [
+        row["ratio"]
+        for row in rows
+        if row["figure"] == "cpu_us_per_rt" and row["cell"].startswith(f"c-{C_LOOP} ")
+    ]
+    if not moves:
+        return None
+    return (
+        f"- the C server alone: CPU per round trip {statistics.median(moves):.2f}× the old "
+        f"run's (median of {len(moves)} cells); a run that moves every target with it met "
+        "a faster or slower host, which `CPU ÷ C` leaves out"
+    )
 
 
 def environment_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -197,7 +283,7 @@ def command_compare(args: argparse.Namespace) -> int:
         for row in rows
     ]
     report.print_table("NEW / OLD per cell", HEADERS, group(table))
-    summary = agreement(rows)
+    summary = agreement(rows) + [line for line in [host_drift(rows)] if line]
     if summary:
         print("\nHow many cells lie within noise, and how many would by chance alone:")
         print("\n".join(summary))

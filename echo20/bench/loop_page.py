@@ -354,29 +354,49 @@ def published_lines(transports: Sequence[Transport]) -> list[str]:
 
 def spread_line(transports: Sequence[Transport]) -> list[str]:
     """How far the repeats of one cell lie apart: what a rerun must stay within."""
-    spreads = sorted(
-        (hi - lo) / cell.summary["cpu_us_per_rt"]
-        for t in transports
-        for cell in closed_cells(t)
-        if measured(cell) and cell.summary.get("cpu_us_per_rt")
-        for lo, hi in [cell.summary["spread"].get("cpu_us_per_rt", (0.0, 0.0))]
-    )
+    spreads: list[float] = []
+    by_c: list[float] = []
+    for transport in transports:
+        index = by_label_and_size(closed_cells(transport))
+        for cell in closed_cells(transport):
+            if not measured(cell) or not cell.summary.get("cpu_us_per_rt"):
+                continue
+            lo, hi = cell.summary["spread"].get("cpu_us_per_rt", (0.0, 0.0))
+            spreads.append((hi - lo) / cell.summary["cpu_us_per_rt"])
+            c = c_cell(cell, index)
+            if c is None or c is cell or not measured(c):
+                continue
+            ratios = paired_ratios(cell.runs, c.runs, cpu_per_round_trip)
+            if ratios:
+                by_c.append((max(ratios) - min(ratios)) / statistics.median(ratios))
     repeats = transports[0].settings["repeats"]
     if not spreads or repeats < 2:
         return ["**Spread.** One repeat per cell: this run states no spread."]
-    median = statistics.median(spreads)
-    high = spreads[min(len(spreads) - 1, int(0.9 * len(spreads)))]
     apart = chance_apart(repeats, repeats)
+    against_c = f"; its ratio to C, repeat by repeat, by {spread_text(by_c)}" if by_c else ""
     return [
         f"**Spread.** Between the {repeats} repeats of one cell, CPU per round trip "
-        f"differed by {100 * median:.0f} % of its median in the middle cell and by "
-        f"{100 * high:.0f} % or less in nine cells of ten (each cell's lowest and highest "
+        f"differed by {spread_text(spreads)}{against_c} (each cell's lowest and highest "
         "repeat are in the JSON reports). A rerun with as many repeats agrees with this "
         "page when `echo20-bench compare OLD.json NEW.json` finds about "
-        f"{100 * (1 - apart):.0f} % of its cells within those spreads: even with nothing "
-        f"changed, two spreads of {repeats} repeats miss each other by chance in one cell "
-        f"of {1 / apart:.0f}, and compare prints that share beside the one it found."
+        f"{100 * (1 - apart):.0f} % of its cells' `CPU ÷ C` within those spreads: even "
+        f"with nothing changed, two spreads of {repeats} repeats miss each other by chance "
+        f"in one cell of {1 / apart:.0f}, and compare prints that share beside the one it "
+        "found. CPU per round trip itself can move further, every target with the C "
+        "server, when the host runs slower or faster for a whole run; compare says how "
+        "far the C server moved."
     ]
+
+
+def spread_text(spreads: Sequence[float]) -> str:
+    """``34 % of its median in the middle cell and by 64 % or less in nine cells of
+    ten``."""
+    ordered = sorted(spreads)
+    high = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+    return (
+        f"{100 * statistics.median(ordered):.0f} % of its median in the middle cell and "
+        f"by {100 * high:.0f} % or less in nine cells of ten"
+    )
 
 
 def header_lines(transports: Sequence[Transport], command: str, minutes: float) -> list[str]:
