@@ -64,6 +64,29 @@ def test_one_command_writes_the_page_and_every_transport_s_report(bench_out: Pat
         assert {cell["rate"] for cell in cells} == {None, "50%"}
 
 
+def test_each_repeat_goes_through_every_transport(tmp_path: Path) -> None:
+    """Repeat 1 over TCP, then over Unix sockets, then repeat 2 over each: a cell's
+    repeats lie apart across the whole run, not within one transport's minutes."""
+    page = tmp_path / "loops.md"
+    result = bench(
+        "loops", "--loops", "asyncio", "--targets", "c,floor", "--sizes", "200",
+        "--open-sizes", "1k", "--transports", "tcp,unix", "--warmup", "0.05",
+        "--duration", "0.1", "--repeats", "2", "--out", str(tmp_path), "--page", str(page),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    starts = {
+        name: [
+            [run["started_at"] for cell in cells for run in cell["runs"][repeat : repeat + 1]]
+            for repeat in range(2)
+        ]
+        for name in ("tcp", "unix")
+        for cells in [json.loads((tmp_path / f"loops-{name}.json").read_text())["cells"]]
+    }
+    assert max(starts["tcp"][0]) < min(starts["unix"][0])
+    assert max(starts["unix"][0]) < min(starts["tcp"][1])
+    assert max(starts["tcp"][1]) < min(starts["unix"][1])
+
+
 def test_a_bad_transport_is_one_line(tmp_path: Path) -> None:
     result = bench("loops", "--transports", "tcp,carrier-pigeon", "--out", str(tmp_path))
     assert result.returncode == 2

@@ -1,7 +1,8 @@
 """``echo20-bench loops``: the loop comparison page in one command.
 
-It runs the matrix once per transport (TCP, TLS, Unix sockets), every target on every
-installed loop, with the open loop at one size, and writes beside the page each
+It measures one matrix per transport (TCP, TLS, Unix sockets), every target on every
+installed loop, with the open loop at one size; every transport's servers run side by
+side, and each repeat goes through the transports in turn. It writes beside the page each
 transport's full report (``loops-tcp.md``, ``.json``, ``.png``, ...), the page's chart
 (``loops.png``) and the page itself (``loops.md``, see ``loop_page.py``).
 """
@@ -11,11 +12,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from echo20.bench import charts
 from echo20.bench.loop_page import QUOTED_SIZE, Transport, render_page
-from echo20.bench.matrix import PROGRAM, measure_matrix, wire_for, write_reports
+from echo20.bench.matrix import PROGRAM, MatrixRun, progress_bar, wire_for, write_reports
 from echo20.bench.report import writable_folder
 
 __all__ = ["LOOP_PAGE_TARGETS", "TRANSPORTS", "command_loops"]
@@ -36,30 +38,45 @@ def command_loops(args: argparse.Namespace) -> int:
     started = time.monotonic()
     page: Path = args.page or args.out / "loops.md"
     writable_folder(page.parent, "the page (--page)")
+    matrices: dict[str, MatrixRun] = {}
+    with ExitStack() as stack:
+        for name in args.transports:
+            _, unix, tls = TRANSPORTS[name]
+            run_args = argparse.Namespace(
+                **vars(args), unix=unix, tls=tls, rates=None, server_cmds=None, budgets=None
+            )
+            wire = stack.enter_context(wire_for(args.host, unix=unix, tls=tls))
+            matrices[name] = MatrixRun(run_args, wire)
+        steps = sum(matrix.steps for matrix in matrices.values())
+        status = stack.enter_context(progress_bar(steps))
+        print(f"{PROGRAM} loops: starting the servers of " + ", ".join(matrices), flush=True)
+        for matrix in matrices.values():
+            stack.enter_context(matrix.serving(status))
+        # Every transport within each repeat: a cell's repeats then lie minutes apart
+        # across the whole run, so a slower phase of the host (they last minutes) widens
+        # its spread instead of moving one transport's figures as a whole.
+        for repeat in range(args.repeats):
+            print(f"{PROGRAM} loops: repeat {repeat + 1} of {args.repeats} ...", flush=True)
+            for matrix in matrices.values():
+                matrix.measure_repeat(repeat, status)
     transports: list[Transport] = []
     broken = False
-    for name in args.transports:
-        title, unix, tls = TRANSPORTS[name]
-        run_args = argparse.Namespace(
-            **vars(args), unix=unix, tls=tls, rates=None, server_cmds=None, budgets=None
-        )
-        print(f"{PROGRAM} loops: {name} ...", flush=True)
-        with wire_for(args.host, unix=unix, tls=tls) as wire:
-            matrix = measure_matrix(run_args, wire)
+    for name, matrix in matrices.items():
+        measured = matrix.finish()
         stem = f"{page.stem}-{name}"
-        written = write_reports(page.parent, matrix, stem)
+        written = write_reports(page.parent, measured, stem)
         print("wrote " + ", ".join(str(path) for path in written), flush=True)
-        for problem in matrix.problems:
+        for problem in measured.problems:
             print(f"{PROGRAM}: not run: {problem}")
-        broken = broken or matrix.broken
+        broken = broken or measured.broken
         transports.append(
             Transport(
-                title.format(host=args.host),
+                TRANSPORTS[name][0].format(host=args.host),
                 stem,
-                matrix.env,
-                matrix.settings,
-                matrix.cells,
-                matrix.problems,
+                measured.env,
+                measured.settings,
+                measured.cells,
+                measured.problems,
             )
         )
     size = QUOTED_SIZE if QUOTED_SIZE in args.sizes else args.sizes[0]

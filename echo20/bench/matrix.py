@@ -27,7 +27,7 @@ from echo20.bench.tools import Tools, build_tools
 from echo20.bench.units import format_size
 from echo20.errors import BenchError
 
-__all__ = ["command_run", "progress_bar"]
+__all__ = ["MatrixRun", "command_run", "progress_bar"]
 
 PROGRAM = "echo20-bench"
 # --strict: attempts at a noisy target's point before the run is refused, and the
@@ -187,70 +187,112 @@ def point_modes(
 
 def measure_matrix(args: argparse.Namespace, wire: Wire) -> Matrix:
     """Every target at every point, ``args.repeats`` times, summarized."""
-    _, tools, pinning, targets, skipped, unsupported, env = prepare(args, wire)
-    rates: list[str] = args.rates or ([args.rate] if args.rate else [])
-    points, left_out = matrix_points(args.connections, args.sizes, args.max_inflight)
-    modes = {point: point_modes(point, rates, args.open_sizes) for point in points}
-    cells = {
-        (target, point, rate): Cell(target, *point, rate=rate, unsupported=unsupported.get(target))
-        for point in points
-        for target in targets
-        for rate in modes[point]
-    }
-    running = [target for target in targets if target not in unsupported]
-    measured = sum(cell.unsupported is None for cell in cells.values())
-    failures: dict[Target, str] = {}
-    exit_statuses: dict[Target, int] = {}
-    with (
-        progress_bar(len(running) + measured * args.repeats) as status,
-        servers_running(
-            running,
-            tools=tools,
-            wire=wire,
-            log_dir=args.out / "logs",
-            cpu=pinning.server_cpu,
-            failures=failures,
-            exit_statuses=exit_statuses,
-            ready_timeout=args.ready_timeout,
-        ) as servers,
-    ):
-        for target in running:
-            status.done(f"started {target.label}")
+    matrix = MatrixRun(args, wire)
+    with progress_bar(matrix.steps) as status, matrix.serving(status):
+        for repeat in range(args.repeats):
+            matrix.measure_repeat(repeat, status)
+    return matrix.finish()
+
+
+class MatrixRun:
+    """One matrix over one wire, measured a repeat at a time.
+
+    ``run`` measures its repeats one after another; ``loops`` keeps every transport's
+    servers up at once and goes through each transport in turn within a repeat, so the
+    repeats of one cell lie minutes apart across the whole page's run (see
+    ``loop_run``).
+    """
+
+    def __init__(self, args: argparse.Namespace, wire: Wire) -> None:
+        self.args = args
+        self.wire = wire
+        _, self.tools, self.pinning, targets, skipped, unsupported, self.env = prepare(args, wire)
+        self.targets = targets
+        self.skipped = skipped
+        self.rates: list[str] = args.rates or ([args.rate] if args.rate else [])
+        self.points, self.left_out = matrix_points(args.connections, args.sizes, args.max_inflight)
+        self.modes = {
+            point: point_modes(point, self.rates, args.open_sizes) for point in self.points
+        }
+        self.cells = {
+            (target, point, rate): Cell(
+                target, *point, rate=rate, unsupported=unsupported.get(target)
+            )
+            for point in self.points
+            for target in targets
+            for rate in self.modes[point]
+        }
+        self.running = [target for target in targets if target not in unsupported]
+        self.failures: dict[Target, str] = {}
+        self.exit_statuses: dict[Target, int] = {}
+        self.servers: dict[Target, Server] = {}
+
+    @property
+    def steps(self) -> int:
+        """Its steps on a progress bar: each server started, each cell's repeats."""
+        measured = sum(cell.unsupported is None for cell in self.cells.values())
+        repeats: int = self.args.repeats
+        return len(self.running) + measured * repeats
+
+    @contextmanager
+    def serving(self, status: Status) -> Iterator[None]:
+        """Its servers started and primed; stopped on the way out, whatever happens."""
+        with servers_running(
+            self.running,
+            tools=self.tools,
+            wire=self.wire,
+            log_dir=self.args.out / "logs",
+            cpu=self.pinning.server_cpu,
+            failures=self.failures,
+            exit_statuses=self.exit_statuses,
+            ready_timeout=self.args.ready_timeout,
+        ) as servers:
+            self.servers = servers
+            for target in self.running:
+                status.done(f"started {target.label}")
+            yield
+
+    def measure_repeat(self, repeat: int, status: Status) -> None:
+        """One repeat of every target at every point (under ``serving``)."""
+        args = self.args
         # Targets inside the innermost loop: every target meets the machine's noise of
         # the same minute, so the ratios of one cell compare like with like.
-        for repeat in range(args.repeats):
-            for point in points:
-                for target in running:
-                    mode_cells = [cells[(target, point, rate)] for rate in modes[point]]
-                    measure_once = partial(
-                        run_point, args, cells, target, point, modes[point],
-                        servers.get(target), failures.get(target), tools=tools,
-                        pinning=pinning, status=status, repeat=repeat,
-                    )  # fmt: skip
-                    if not args.strict:
-                        measure_once()
-                        continue
-                    runs = measure_quietly(measure_once, mode_cells, status)
-                    refuse_noise(target, point, modes[point], runs)
-    env["loadavg_end"] = load_average()
-    ordered = list(cells.values())
-    for cell in ordered:
-        cell.summarize()
-    add_ratios(ordered)
-    env["loadgen_cpu"] = loadgen_share([cell.summary for cell in ordered])
-    if wire.tls is not None:
-        env["tls"] = tls_negotiated([cell.summary for cell in ordered])
-    budgets = budget_checks.evaluate(args.budgets or [], ordered)
-    # Too slow to measure is a result; a wrong reply, a crash or a failed start is not.
-    broken = bool(failures) or any(cell.failed for cell in ordered)
-    return Matrix(
-        env,
-        run_settings(args, targets, rates, left_out, wire),
-        ordered,
-        budgets,
-        run_problems(skipped, failures, exit_statuses),
-        broken,
-    )
+        for point in self.points:
+            for target in self.running:
+                mode_cells = [self.cells[(target, point, rate)] for rate in self.modes[point]]
+                measure_once = partial(
+                    run_point, args, self.cells, target, point, self.modes[point],
+                    self.servers.get(target), self.failures.get(target), tools=self.tools,
+                    pinning=self.pinning, status=status, repeat=repeat,
+                )  # fmt: skip
+                if not args.strict:
+                    measure_once()
+                    continue
+                runs = measure_quietly(measure_once, mode_cells, status)
+                refuse_noise(target, point, self.modes[point], runs)
+
+    def finish(self) -> Matrix:
+        """The cells summarized, set against C, and checked against the budgets."""
+        env = self.env
+        env["loadavg_end"] = load_average()
+        ordered = list(self.cells.values())
+        for cell in ordered:
+            cell.summarize()
+        add_ratios(ordered)
+        env["loadgen_cpu"] = loadgen_share([cell.summary for cell in ordered])
+        if self.wire.tls is not None:
+            env["tls"] = tls_negotiated([cell.summary for cell in ordered])
+        budgets = budget_checks.evaluate(self.args.budgets or [], ordered)
+        # Too slow to measure is a result; a wrong reply, a crash or a failed start is not.
+        broken = bool(self.failures) or any(cell.failed for cell in ordered)
+        return Matrix(
+            env,
+            run_settings(self.args, self.targets, self.rates, self.left_out, self.wire),
+            ordered,
+            budgets,
+            run_problems(self.skipped, self.failures, self.exit_statuses),
+            broken,
+        )
 
 
 def run_problems(

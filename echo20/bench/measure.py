@@ -118,7 +118,10 @@ class Run:
     # Under TLS: the version and cipher the load generator negotiated.
     tls: str | None = None
     flags: list[str] = field(default_factory=list)
-    # Wall-clock seconds the whole run took: ramp, warm-up, window, teardown.
+    # When it started (Unix time), and the wall-clock seconds the whole run took: ramp,
+    # warm-up, window, teardown. A reader can line the runs up against the host's
+    # slower and faster phases.
+    started_at: float = 0.0
     wall_s: float = 0.0
     error: str | None = None
     # The target answered correctly but too slowly to measure in the time given.
@@ -172,7 +175,9 @@ def measure(
 ) -> Run:
     """One run: throughput, latency, server CPU and RSS, or what went wrong."""
     started = time.monotonic()
-    run = Run(mode="open" if load.rate is not None else "closed", rate=load.rate)
+    run = Run(
+        mode="open" if load.rate is not None else "closed", rate=load.rate, started_at=time.time()
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="echo20-bench-") as scratch:
             measure_into(
