@@ -273,7 +273,11 @@ def write_cold_start_report(
     md += [
         "Cold: the first load on a fresh server, no connection ever closed. Warm: the same "
         "load again once the first one's connections have closed. cold / warm is the median "
-        "of the per-repeat ratios: near 1, no cold-start penalty.",
+        "of the per-repeat ratios: near 1, no cold-start penalty. Notes: the flags of "
+        "either run, as `run` sets them (`loadgen-bound`: the C load generator used 90 % "
+        "of its CPU while the server did not, so the server's CPU per round trip is still "
+        "its own; `contended` and the other noise flags never reach a page made with "
+        "`--strict`).",
         "",
     ]
     (out_dir / "cold-start.md").write_text("\n".join(md))
