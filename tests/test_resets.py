@@ -106,9 +106,18 @@ def servers() -> Iterator[dict[tuple[str, str], ServerProcess]]:
         for server in started.values():
             # One whole exchange first: whatever a server opens on its first connection
             # is open before the baseline is taken.
+            pid = server.process.pid
             with connect(server) as sock:
                 sock.sendall(SMALL)
                 recv_exactly(sock, 2 * len(SMALL))
+                held = open_fds(pid)
+            # ... and that connection is closed on the server's side too: a baseline taken
+            # while it still was open would wait for one connection more than there is.
+            wait_until(
+                fds_below(pid, held),
+                time.monotonic() + TIMEOUT,
+                "the server closes its first connection",
+            )
         yield started
     finally:
         for server in started.values():
@@ -123,6 +132,10 @@ def fds_at(pid: int, count: int) -> Callable[[], bool]:
 
 def fds_at_least(pid: int, count: int) -> Callable[[], bool]:
     return lambda: open_fds(pid) >= count
+
+
+def fds_below(pid: int, count: int) -> Callable[[], bool]:
+    return lambda: open_fds(pid) < count
 
 
 @pytest.mark.parametrize(("impl", "loop"), SERVERS, ids=[f"{i}-{lp}" for i, lp in SERVERS])
