@@ -294,36 +294,26 @@ def cold_and_warm_into(
     out_dir: Path,
     load: Load,
 ) -> list[Run]:
-    """One repeat of ``cold_and_warm``, its runs added to the cold and the warm cell."""
-    runs = cold_and_warm(target, point, tools, args, pinning, out_dir, load)
-    for cell, run in zip(cells, runs, strict=True):
-        cell.runs.append(run)
-    return list(runs)
-
-
-def cold_and_warm(
-    target: Target,
-    point: tuple[int, int],
-    tools: Tools,
-    args: argparse.Namespace,
-    pinning: Pinning,
-    out_dir: Path,
-    load: Load,
-) -> tuple[Run, Run]:
+    """One repeat on a fresh server: the cold run, then the warm one, each added to its
+    cell (``cells``: the cold one, the warm one); the two runs."""
     try:
         server = launch_over_tcp(target, tools, args, pinning, out_dir)
     except (BenchError, OSError) as error:
-        failed = Run(error=f"did not start: {error}")
-        return failed, failed
-    try:
-        connections, size = point
-        runs = [
-            measure(tools, server, connections=connections, size=size, load=load, pinning=pinning)
-            for _ in range(2)
-        ]
-    finally:
-        status = server.stop()
-    if status != 0:
-        for run in runs:
-            run.error = run.error or f"exit status {status} after SIGTERM (expected 0)"
-    return runs[0], runs[1]
+        runs = [Run(error=f"did not start: {error}")] * 2
+    else:
+        try:
+            connections, size = point
+            runs = [
+                measure(
+                    tools, server, connections=connections, size=size, load=load, pinning=pinning
+                )
+                for _ in range(2)
+            ]
+        finally:
+            status = server.stop()
+        if status != 0:
+            for run in runs:
+                run.error = run.error or f"exit status {status} after SIGTERM (expected 0)"
+    for cell, run in zip(cells, runs, strict=True):
+        cell.runs.append(run)
+    return runs
