@@ -32,7 +32,7 @@ from typing import Any
 
 from echo20.bench import report
 from echo20.bench.environment import describe
-from echo20.bench.stats import chance_apart
+from echo20.bench.stats import chance_apart, pair_values
 from echo20.bench.targets import C_LOOP
 from echo20.bench.units import fmt, format_size
 from echo20.errors import BenchError
@@ -125,15 +125,15 @@ def ratio_spreads(document: dict[str, Any]) -> dict[tuple[str, int, int, str], l
         c = reference.get((cell["connections"], cell["size"], cell.get("rate")))
         if c is None or c is cell:
             continue
-        ratios = [
-            run["cpu_us_per_rt"] / ref["cpu_us_per_rt"]
-            for run, ref in zip(cell.get("runs", []), c.get("runs", []), strict=False)
-            if not run.get("error") and not ref.get("error")
-            and run.get("cpu_us_per_rt") and ref.get("cpu_us_per_rt")
-        ]  # fmt: skip
+        ratios = pair_values(cpu_per_repeat(cell), cpu_per_repeat(c))
         if ratios:
             found[cell_key(cell)] = ratios
     return found
+
+
+def cpu_per_repeat(cell: dict[str, Any]) -> list[float | None]:
+    """Each kept repeat's CPU per round trip (None for one that failed)."""
+    return [None if run.get("error") else run.get("cpu_us_per_rt") for run in cell.get("runs", [])]
 
 
 def ratio_row(key: tuple[str, int, int, str], old: list[float], new: list[float]) -> dict[str, Any]:
@@ -188,6 +188,7 @@ def compare_cells(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, An
             rows.append(
                 {
                     "cell": describe_key(key),
+                    "label": key[0],
                     "figure": figure,
                     "old": before,
                     "new": after,
@@ -228,7 +229,7 @@ def host_drift(rows: Sequence[dict[str, Any]]) -> str | None:
     moves = [
         row["ratio"]
         for row in rows
-        if row["figure"] == "cpu_us_per_rt" and row["cell"].startswith(f"c-{C_LOOP} ")
+        if row["figure"] == "cpu_us_per_rt" and row["label"] == f"c-{C_LOOP}"
     ]
     if not moves:
         return None

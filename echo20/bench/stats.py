@@ -24,6 +24,7 @@ __all__ = [
     "Metric",
     "add_ratios",
     "chance_apart",
+    "pair_values",
     "paired_ratio",
     "paired_ratios",
 ]
@@ -148,12 +149,20 @@ def paired_ratios(runs: Sequence[Run], reference: Sequence[Run], metric: Metric)
     Repeat i of every target ran within seconds of repeat i of the reference, so pairing
     them cancels what the machine's load did between repeats.
     """
-    ratios: list[float] = []
-    for run, ref in zip(runs, reference, strict=False):
-        value, base = metric(run), metric(ref)
-        if run.error is None and ref.error is None and value is not None and base:
-            ratios.append(value / base)
-    return ratios
+    return pair_values(
+        [metric(run) if run.error is None else None for run in runs],
+        [metric(ref) if ref.error is None else None for ref in reference],
+    )
+
+
+def pair_values(values: Sequence[float | None], reference: Sequence[float | None]) -> list[float]:
+    """``values[i] / reference[i]`` for each repeat with both (None: failed or missing);
+    ``compare`` pairs the repeats that bench.json keeps with it."""
+    return [
+        value / base
+        for value, base in zip(values, reference, strict=False)
+        if value is not None and base
+    ]
 
 
 def paired_ratio(runs: Sequence[Run], reference: Sequence[Run], metric: Metric) -> float | None:
